@@ -1,0 +1,216 @@
+"""The sampler protocol, its work record, and the sampling numerics every sampler shares.
+
+A sampler is built from a frozen config dataclass and driven in two phases so that the runner can
+keep schedule work out of the timed region (``measurement.md`` §1):
+
+1. ``plan(model, batch_size=, seq_len=, generator=)``: everything that does not depend on the
+   network's outputs: step sizes drawn from the schedule, permutations π, rotary tables gathered
+   by π, cache allocation. Untimed. A plan can be executed many times (warm-up and repeats replay
+   exactly the same shapes).
+2. ``execute(model, plan, generator=)``: the network calls and the sampling arithmetic. Timed.
+
+``sample`` = ``plan`` + ``execute``. Samplers depend only on the denoiser's methods
+(``forward``, ``forward_cached``, ``forward_cached_reference``, ``new_kv_cache``,
+``new_qkv_cache``, ``config``) and never on the runner.
+
+Numerics (``algorithms.md`` §4): mask logit → −∞ before softmax and top-p; softmax, top-p and
+Gumbel noise in float64; noise drawn on the model's device, sized to what is sampled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from harness.registry import Registry
+
+CallRecord = tuple[int, int, int, int]
+"""One network call, per batch row: (fed tokens, attention query rows, key rows, head rows).
+
+* fed: tokens pushed through the blocks' projections and MLPs;
+* queries × keys: attention score entries per layer and head (dense; masking does not save work
+  in SDPA's math path);
+* head rows: rows given the output head (V-wide logits).
+The cost model turns these into FLOPs and bytes; ``token_forwards`` is Σ fed.
+"""
+
+
+@dataclass
+class SampleResult:
+    """What a sampler returns.
+
+    Attributes:
+        tokens: (b, L) int64 generated ids in natural order; no mask left (in profile mode the
+            tokens are placeholders and may be masks).
+        nfe_denoise: reference-compatible count of denoising forwards (measurement.md §6).
+        nfe_total: every network call, store passes included.
+        token_forwards: Σ over calls of the tokens fed, per sequence.
+        step_sizes: tokens committed by each denoising call, per sequence (for MDLM, the mean over
+            the batch of tokens committed at each call).
+        calls: one :data:`CallRecord` per network call.
+        info: extra scalars, e.g. ``nfe_expected`` (analytic), ``nfe_profile_sim``.
+    """
+
+    tokens: Tensor
+    nfe_denoise: int
+    nfe_total: int
+    token_forwards: int
+    step_sizes: list[float] = field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """A registered sampler: ``name``, accepted model ``families`` and a frozen ``config``."""
+
+    name: ClassVar[str]
+    families: ClassVar[tuple[str, ...]]
+    config_class: ClassVar[type]
+    config: Any
+
+    def plan(self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
+        """Untimed preparation; see module docstring."""
+        ...
+
+    def execute(self, model: Any, plan: Any, *, generator: torch.Generator) -> SampleResult:
+        """The timed part: network calls and sampling arithmetic."""
+        ...
+
+    def sample(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> SampleResult:
+        """``plan`` then ``execute``."""
+        ...
+
+
+SAMPLERS: Registry[type] = Registry("sampler")
+"""Sampler classes by name; filled by the explicit imports in ``samplers/__init__.py``."""
+
+
+class SamplerError(ValueError):
+    """A sampler cannot run with this model, size or config (message says what to change)."""
+
+
+def check_family(sampler: Any, model: Any, source: str | None = None) -> None:
+    """Raise :class:`SamplerError` if ``model``'s family is not one ``sampler`` accepts."""
+    fam = model.config.family
+    if fam not in sampler.families:
+        where = f"checkpoint '{source}'" if source else "the model"
+        raise SamplerError(
+            f"sampler '{sampler.name}' needs a model of family {' or '.join(sampler.families)}; "
+            f"{where} is family '{fam}'. Load a {sampler.families[0]} checkpoint, or pick a "
+            f"sampler for '{fam}' (dlmbench ls samplers)."
+        )
+
+
+def check_common(batch_size: int, seq_len: int) -> None:
+    """Validate the per-call sizes shared by all samplers."""
+    problems = []
+    if int(batch_size) < 1:
+        problems.append(f"batch_size is {batch_size}; it must be >= 1")
+    if int(seq_len) < 1:
+        problems.append(f"seq_len is {seq_len}; it must be >= 1")
+    if problems:
+        raise SamplerError("; ".join(problems) + ".")
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling numerics
+# --------------------------------------------------------------------------------------------
+
+TopPConvention = Literal["hf", "strict"]
+
+
+def subs_log_probs(logits: Tensor, mask_id: int, temperature: float = 1.0) -> Tensor:
+    """SUBS zero-masking: logit[m] ← −∞, then log-softmax in float64.
+
+    Args:
+        logits: (…, V) raw logits, any float dtype.
+        mask_id: the mask token m.
+        temperature: divides the logits (1 = unchanged).
+
+    Returns:
+        (…, V) float64 log-probabilities with exactly zero mass on m.
+    """
+    x = logits.to(torch.float64)
+    if temperature != 1.0:
+        x = x / temperature
+    x[..., mask_id] = float("-inf")
+    return torch.log_softmax(x, dim=-1)
+
+
+def top_p_filter(log_probs: Tensor, top_p: float, convention: TopPConvention = "hf") -> Tensor:
+    """Nucleus filtering in float64, renormalised.
+
+    ``hf`` (Eso-LMs, DUO) keeps the smallest prefix of the sorted distribution whose mass reaches
+    ``top_p``, i.e. it keeps the token that crosses p. ``strict`` (bd3lms) keeps the tokens whose
+    cumulative mass is ≤ p, plus the top-1.
+
+    Args:
+        log_probs: (…, V) float64 log-probabilities.
+        top_p: in (0, 1]; 1 returns the input unchanged.
+        convention: ``hf`` or ``strict``.
+
+    Returns:
+        (…, V) float64 log-probabilities, −∞ outside the nucleus.
+    """
+    if top_p >= 1.0:
+        return log_probs
+    lp = log_probs.to(torch.float64)
+    sorted_lp, idx = torch.sort(lp, dim=-1, descending=True)
+    cum = sorted_lp.exp().cumsum(dim=-1)
+    if convention == "hf":
+        remove = (cum - sorted_lp.exp()) >= top_p  # mass strictly before this token already ≥ p
+    else:
+        remove = cum > top_p
+        remove[..., 0] = False
+    sorted_lp = sorted_lp.masked_fill(remove, float("-inf"))
+    out = torch.full_like(lp, float("-inf")).scatter(-1, idx, sorted_lp)
+    return torch.log_softmax(out, dim=-1)
+
+
+def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: Any) -> Tensor:
+    """Float64 Gumbel(0, 1) noise −log(−log u), u ~ U(0, 1), drawn on ``device``."""
+    u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
+    tiny = torch.finfo(torch.float64).tiny
+    return -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny))
+
+
+def gumbel_argmax(log_probs: Tensor, generator: torch.Generator) -> Tensor:
+    """Sample from categorical(exp(log_probs)) by float64 Gumbel-max: (…, V) → (…) int64."""
+    g = gumbel_noise(tuple(log_probs.shape), generator, log_probs.device)
+    return torch.argmax(log_probs.to(torch.float64) + g, dim=-1)
+
+
+def sample_tokens(
+    logits: Tensor,
+    mask_id: int,
+    generator: torch.Generator,
+    *,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    convention: TopPConvention = "hf",
+) -> Tensor:
+    """SUBS → temperature → top-p → Gumbel-max, all in float64: (…, V) → (…) int64."""
+    lp = top_p_filter(subs_log_probs(logits, mask_id, temperature), top_p, convention)
+    return gumbel_argmax(lp, generator)
+
+
+def numerics_problems(cfg: Any) -> list[str]:
+    """Checks of the shared sampling fields ``temperature``, ``top_p``, ``top_p_convention``.
+
+    Every sampler config carries these three fields flat (YAML: ``top_p: 0.9`` directly under the
+    sampler's parameters), plus ``profile: bool`` for network-only timing.
+    """
+    out = []
+    if not cfg.temperature > 0:
+        out.append(f"'temperature' is {cfg.temperature}; it must be > 0.")
+    if not 0 < cfg.top_p <= 1:
+        out.append(f"'top_p' is {cfg.top_p}; it must lie in (0, 1] (1 disables nucleus).")
+    if cfg.top_p_convention not in ("hf", "strict"):
+        out.append(f"'top_p_convention' is {cfg.top_p_convention!r}; allowed: 'hf', 'strict'.")
+    return out

@@ -1,0 +1,34 @@
+"""Shared fixtures: deterministic, non-zero tiny models in fp32 on CPU."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# No test may reach a model hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from harness.network import DiT, DiTConfig, deterministic_init  # noqa: E402
+
+TINY = dict(vocab_size=33, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=8, model_length=16)
+
+
+def tiny_model(family: str = "mdlm", seed: int = 0, **overrides) -> DiT:
+    """A tiny DiT with seeded non-zero weights, eval mode, frozen conditioning."""
+    cfg = DiTConfig(family=family, **{**TINY, **overrides})
+    model = deterministic_init(DiT(cfg), seed=seed).eval()
+    return model.freeze_conditioning()
+
+
+@pytest.fixture(autouse=True)
+def _torch_defaults():
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    yield
+
+
+@pytest.fixture
+def make_tiny():
+    return tiny_model
