@@ -86,6 +86,15 @@ class Sampler(Protocol):
         """``plan`` then ``execute``."""
         ...
 
+    def expected_calls(
+        self, model_config: Any, *, batch_size: int, seq_len: int
+    ) -> list[CallRecord]:
+        """The analytic expectation of ``SampleResult.calls``, without running the network.
+
+        For the cost model's dry-run prediction; random counts are replaced by expectations.
+        """
+        ...
+
 
 SAMPLERS: Registry[type] = Registry("sampler")
 """Sampler classes by name; filled by the explicit imports in ``samplers/__init__.py``."""
