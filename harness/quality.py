@@ -293,3 +293,55 @@ def entropy_summary(ids: Tensor | np.ndarray, threshold: float = 5.0) -> dict[st
     """``entropy_nats`` (mean over samples) and ``frac_entropy_below_5``."""
     h = unigram_entropy(ids)
     return {"entropy_nats": float(h.mean()), "frac_entropy_below_5": float((h < threshold).mean())}
+
+
+# --------------------------------------------------------------------------------------------
+# MAUVE
+# --------------------------------------------------------------------------------------------
+
+
+def mauve_score(
+    p_features: np.ndarray | Tensor,
+    q_features: np.ndarray | Tensor,
+    seeds: Sequence[int] = (1, 2, 3),
+    **kwargs: Any,
+) -> dict[str, float]:
+    """MAUVE between reference (p) and model (q) feature sets, mean ± std over k-means seeds.
+
+    Uses the ``mauve-text`` package (optional extra ``dlmbench[mauve]``) with its defaults
+    (clusters max(2, round(min(n_p, n_q)/10)), PCA, k-means, scaling factor 5). MAUVE moves with
+    the k-means seed (krishnap25/mauve#11), hence the seeds. Values are comparable only within
+    one featurizer setup: the features here come from the evaluator (mean-pooled final hidden
+    states), not the paper's ModernBERT-large.
+
+    Args:
+        p_features: (n_p, d) features of held-out human text.
+        q_features: (n_q, d) features of the samples.
+        seeds: k-means seeds.
+        **kwargs: passed to ``mauve.compute_mauve``.
+
+    Returns:
+        ``mauve`` (mean), ``mauve_std``, ``mauve_n_seeds``.
+
+    Raises:
+        ImportError: ``mauve-text`` is not installed (with the install command).
+    """
+    try:
+        import mauve
+    except ImportError:
+        raise ImportError(
+            "MAUVE needs the optional extra: pip install 'dlmbench[mauve]'."
+        ) from None
+    p = np.asarray(p_features.cpu() if isinstance(p_features, Tensor) else p_features)
+    q = np.asarray(q_features.cpu() if isinstance(q_features, Tensor) else q_features)
+    vals = [
+        float(
+            mauve.compute_mauve(p_features=p, q_features=q, seed=s, verbose=False, **kwargs).mauve
+        )
+        for s in seeds
+    ]
+    return {
+        "mauve": float(np.mean(vals)),
+        "mauve_std": float(np.std(vals)),
+        "mauve_n_seeds": float(len(vals)),
+    }

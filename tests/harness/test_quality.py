@@ -233,3 +233,16 @@ def test_dit_evaluator_equals_direct_log_softmax(tmp_path):
     assert res["gen_ppl"] == pytest.approx(math.exp(total / count), rel=1e-6)
     feats = ev.features(TEXTS)
     assert feats.shape == (3, 32) and torch.isfinite(feats).all()
+
+
+def test_mauve_identical_sets_score_high_and_shifted_sets_low():
+    pytest.importorskip("mauve")
+    from harness.quality import mauve_score
+
+    rng = np.random.default_rng(0)
+    p = rng.normal(size=(120, 16))
+    same = mauve_score(p, p + 1e-3 * rng.normal(size=p.shape))
+    far = mauve_score(p, rng.normal(size=(120, 16)) + 3.0)
+    assert same["mauve"] > 0.9
+    assert far["mauve"] < 0.2
+    assert same["mauve_n_seeds"] == 3
