@@ -89,28 +89,42 @@ def higher_is_better(metric: str) -> bool:
         ) from None
 
 
-def require_columns(df: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+def require_columns(
+    df: pd.DataFrame, columns: Sequence[str], what: str, error: type[Exception] | None = None
+) -> None:
     """Raise if ``df`` lacks any of ``columns``, naming the missing ones and what is there.
 
+    Args:
+        df: the rows.
+        columns: the columns needed.
+        what: who needs them (the function name), for the message.
+        error: the exception class to raise; :class:`FrontierError` by default.
+
     Raises:
-        FrontierError: one or more columns are missing (all are listed).
+        FrontierError: (or ``error``) one or more columns are missing, all listed.
     """
     missing = [c for c in columns if c not in df.columns]
     if missing:
         hints = "".join(did_you_mean(c, list(map(str, df.columns))) for c in missing)
-        raise FrontierError(
+        raise (error or FrontierError)(
             f"{what} needs column(s) {', '.join(map(repr, missing))}, missing from the "
             f"DataFrame.{hints} Present: {', '.join(map(str, df.columns)) or '(none)'}. Pass "
             "result rows with the docs/design.md column names, or name the columns to use."
         )
 
 
-def usable_rows(df: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Rows with a finite value in every one of ``columns`` (and ``status == 'ok'`` if present)."""
+def usable_rows(
+    df: pd.DataFrame, columns: Sequence[str], error: type[Exception] | None = None
+) -> pd.DataFrame:
+    """Rows with a finite value in every one of ``columns`` (and ``status == 'ok'`` if present).
+
+    Raises:
+        FrontierError: (or ``error``) one of ``columns`` does not hold numbers.
+    """
     keep = np.ones(len(df), dtype=bool)
     for c in columns:
         if not pd.api.types.is_numeric_dtype(df[c]):
-            raise FrontierError(
+            raise (error or FrontierError)(
                 f"column {c!r} holds {df[c].dtype} values, not numbers (first: "
                 f"{df[c].iloc[:3].tolist()}). Convert it with pd.to_numeric first."
             )
