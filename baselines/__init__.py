@@ -445,7 +445,8 @@ def _load_claims(data_dir: str) -> pd.DataFrame:
     rows = _load_tables(data_dir).set_index("row_id")
     out = []
     for i, item in enumerate(items):
-        where = f"{name}: claim #{i + 1} ({(item or {}).get('claim_id', '?')!r})"
+        cid = item.get("claim_id", "?") if isinstance(item, dict) else "?"
+        where = f"{name}: claim #{i + 1} ({cid!r})"
         claim = _check_claim(item, where, rows, problems)
         if claim is not None:
             out.append(claim)
