@@ -13,6 +13,7 @@ Files (``baselines/data/``, described in ``baselines/data/README.md``):
 
 Every loader validates its file and reports every problem at once in one
 :class:`BaselineDataError` whose lines name the file, the line and row id, and the column.
+Files are read once per process and folder (cached); the loaders return copies.
 
 Example:
     >>> from baselines import load_baselines, load_claims
