@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from harness.quality import HIGHER_IS_BETTER as QUALITY_HIGHER_IS_BETTER
 from harness.registry import did_you_mean
 
 __all__ = [
@@ -62,9 +63,8 @@ HIGHER_IS_BETTER: dict[str, bool] = {
     **dict.fromkeys(("energy_j", "j_per_sample", "j_per_token"), False),
     # throughput: higher is better
     **dict.fromkeys(("tokens_per_s", "samples_per_s", "tflops_effective", "mfu"), True),
-    # quality
-    **dict.fromkeys(("gen_ppl", "gen_ppl_mean_per_sample", "gen_ppl_median_per_sample"), False),
-    "mauve": True,
+    # quality: declared by the metrics themselves
+    **QUALITY_HIGHER_IS_BETTER,
 }
 
 

@@ -39,14 +39,16 @@ from torch import Tensor
 EosPolicy = Literal["count_first", "exclude_all", "truncate_at_first"]
 LongSample = Literal["chunks", "sliding"]
 
-METRICS_HIGHER_IS_BETTER = {
+HIGHER_IS_BETTER = {
     "gen_ppl": False,
     "gen_ppl_mean_per_sample": False,
     "gen_ppl_median_per_sample": False,
-    "entropy_nats": True,
     "mauve": True,
 }
-"""Direction of every quality metric; frontier plots read this instead of guessing."""
+"""Direction of every quality metric; frontier plots read this instead of guessing.
+
+``entropy_nats`` has no better direction on purpose: low entropy flags repetitive samples, but
+higher is not better."""
 
 
 @dataclass(frozen=True)
