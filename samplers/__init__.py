@@ -12,11 +12,18 @@ Glossary (paper notation → name used in code, YAML and dataframes):
 | T′               | ``steps_per_block`` | BD3-LM steps per block                                |
 | σ / π            | ``order``       | Eso-LM decoding order, a permutation of 0 … L−1           |
 | k_i              | ``step_sizes``  | tokens committed at denoising call i                      |
+| τ (Fast-dLLM)    | ``policy_threshold`` | confidence threshold of the ``threshold`` policy     |
 | NFE              | ``nfe_denoise`` / ``nfe_total`` | denoising calls / every network call      |
 
-The registries are filled by the explicit imports below.
+The registries are filled by the explicit imports below; installed plugins (entry-point groups
+``dlmbench.schedules``, ``dlmbench.policies``) are registered last.
 """
 
+# Importing a sampler module registers it. MDLM family and AR:
+from samplers import ar, mdlm_ancestral, mdlm_first_hitting  # noqa: F401
 from samplers.base import SAMPLERS, Sampler, SamplerError, SampleResult
+from samplers.schedules import POLICIES, SCHEDULES, load_entry_points
 
-__all__ = ["SAMPLERS", "SampleResult", "Sampler", "SamplerError"]
+load_entry_points()
+
+__all__ = ["POLICIES", "SAMPLERS", "SCHEDULES", "SampleResult", "Sampler", "SamplerError"]

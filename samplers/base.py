@@ -145,7 +145,7 @@ def subs_log_probs(logits: Tensor, mask_id: int, temperature: float = 1.0) -> Te
     Returns:
         (…, V) float64 log-probabilities with exactly zero mass on m.
     """
-    x = logits.to(torch.float64)
+    x = logits.to(torch.float64, copy=True)  # never write the mask logit into the caller's tensor
     if temperature != 1.0:
         x = x / temperature
     x[..., mask_id] = float("-inf")
@@ -186,7 +186,7 @@ def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: Any
     """Float64 Gumbel(0, 1) noise −log(−log u), u ~ U(0, 1), drawn on ``device``."""
     u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
     tiny = torch.finfo(torch.float64).tiny
-    return -torch.log(-torch.log(u.clamp_min(tiny)).clamp_min(tiny))
+    return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
 
 
 def gumbel_argmax(log_probs: Tensor, generator: torch.Generator) -> Tensor:

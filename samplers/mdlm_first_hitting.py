@@ -1,0 +1,152 @@
+"""MDLM first-hitting sampler: exactly one token per network call (``algorithms.md`` §3.2).
+
+Zheng et al., arXiv 2409.02908: under the linear schedule with n masks left at time t, the next
+unmasking event happens at τ = t·u^(1/n) and unmasks exactly one uniformly chosen masked token.
+With a time-agnostic denoiser (σ_c = 0) the event times never reach the network, so only the
+*order* matters: a uniformly random permutation of the positions, drawn in :meth:`plan`. The
+times are not drawn at all.
+
+Batched: every row unmasks one position per call (its own order), so NFE = L exactly at any batch
+size. Each call is a full-length bidirectional forward; the token is drawn with float64 Gumbel-max
+over the (b, V) rows of the chosen positions only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from harness.configio import ConfigError
+from samplers.base import (
+    SAMPLERS,
+    CallRecord,
+    SampleResult,
+    TopPConvention,
+    check_common,
+    check_family,
+    numerics_problems,
+    sample_tokens,
+)
+
+
+@dataclass(frozen=True)
+class FirstHittingConfig:
+    """Settings of the ``mdlm_first_hitting`` sampler.
+
+    Attributes:
+        temperature: divides the logits.
+        top_p: nucleus mass in (0, 1]; 1 disables it.
+        top_p_convention: ``hf`` (keep the crossing token) or ``strict``.
+        profile: network-only timing (same calls, placeholder tokens, no sampling arithmetic).
+    """
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_p_convention: TopPConvention = "hf"
+    profile: bool = False
+
+    def problems(self) -> list[str]:
+        """Every invalid value, as sentences."""
+        return numerics_problems(self)
+
+
+@dataclass
+class FirstHittingPlan:
+    """Untimed preparation: the canvas and each row's unmasking order.
+
+    Attributes:
+        placeholder: (b, L) all masks.
+        order: (b, L) int64; ``order[:, j]`` is the position each row unmasks at call j.
+    """
+
+    placeholder: Tensor
+    order: Tensor
+
+
+@SAMPLERS.register("mdlm_first_hitting")
+class MDLMFirstHitting:
+    """One uniformly chosen masked position per row per call; NFE = L.
+
+    Args:
+        config: a :class:`FirstHittingConfig`.
+
+    Raises:
+        ConfigError: listing every problem of ``config``.
+    """
+
+    name: ClassVar[str] = "mdlm_first_hitting"
+    families: ClassVar[tuple[str, ...]] = ("mdlm",)
+    config_class: ClassVar[type] = FirstHittingConfig
+
+    def __init__(self, config: FirstHittingConfig | None = None) -> None:
+        self.config = config or FirstHittingConfig()
+        problems = self.config.problems()
+        if problems:
+            raise ConfigError(problems, "Invalid config for sampler 'mdlm_first_hitting'")
+
+    def plan(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> FirstHittingPlan:
+        """Draw each row's unmasking order, a uniform permutation of 0 … L−1."""
+        check_family(self, model)
+        check_common(batch_size, seq_len)
+        dev = generator.device
+        keys = torch.rand((batch_size, seq_len), generator=generator, device=dev)
+        return FirstHittingPlan(
+            placeholder=torch.full(
+                (batch_size, seq_len), model.config.mask_id, dtype=torch.long, device=dev
+            ),
+            order=torch.argsort(keys, dim=-1),  # (b, L)
+        )
+
+    @torch.no_grad()
+    def execute(
+        self, model: Any, plan: FirstHittingPlan, *, generator: torch.Generator
+    ) -> SampleResult:
+        """L calls; call j commits position ``order[:, j]`` of every row."""
+        x = plan.placeholder.clone()  # (b, L)
+        b, L = x.shape
+        rows = torch.arange(b, device=x.device)
+        for j in range(L):
+            logits = model(x)  # (b, L, V)
+            if not self.config.profile:
+                pos = plan.order[:, j]  # (b,)
+                x[rows, pos] = self.draw(logits[rows, pos], model.config.mask_id, generator)
+        return SampleResult(
+            tokens=x,
+            nfe_denoise=L,
+            nfe_total=L,
+            token_forwards=L * L,
+            step_sizes=[1.0] * L,
+            calls=[(L, L, L, L)] * L,
+            info={"nfe_expected": float(L), "nfe_expected_per_sequence": float(L)},
+        )
+
+    def draw(self, logits: Tensor, mask_id: int, generator: torch.Generator) -> Tensor:
+        """SUBS, temperature, top-p, float64 Gumbel-max: (b, V) → (b,) int64."""
+        cfg = self.config
+        return sample_tokens(
+            logits,
+            mask_id,
+            generator,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            convention=cfg.top_p_convention,
+        )
+
+    def sample(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> SampleResult:
+        """``plan`` then ``execute``."""
+        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        return self.execute(model, plan, generator=generator)
+
+    def expected_calls(
+        self, model_config: Any, *, batch_size: int, seq_len: int
+    ) -> list[CallRecord]:
+        """L full-length calls."""
+        L = seq_len
+        return [(L, L, L, L)] * L
