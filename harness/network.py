@@ -203,7 +203,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, sigma: Tensor) -> Tensor:
         """(b,) → (b, c_dim)."""
-        return self.mlp(self.sinusoid(sigma))
+        return self.mlp(self.sinusoid(sigma).to(self.mlp[0].weight.dtype))
 
 
 class Rotary(nn.Module):
@@ -211,7 +211,7 @@ class Rotary(nn.Module):
 
     def __init__(self, head_dim: int, base: float = 10000.0) -> None:
         super().__init__()
-        inv = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        inv = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
         self.register_buffer("inv_freq", inv, persistent=False)
         self._cos: Tensor | None = None
         self._sin: Tensor | None = None
@@ -291,6 +291,8 @@ class DiTBlock(nn.Module):
         a = self.norm1(h)
         if mods is not None:
             a = modulate(a, mods[0], mods[1])
+        # LayerNorm runs in fp32; cast back so bf16 parameters work without autocast too.
+        a = a.to(self.attn_qkv.weight.dtype)
         qkv = self.attn_qkv(a).view(b, n, 3, self.n_heads, self.head_dim)  # (b, n, 3, H, d_h)
         o = attn(layer, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, d)
         o = F.dropout(self.attn_out(o), self.dropout, self.training)
@@ -298,7 +300,7 @@ class DiTBlock(nn.Module):
         a = self.norm2(h)
         if mods is not None:
             a = modulate(a, mods[3], mods[4])
-        m = F.dropout(self.mlp(a), self.dropout, self.training)
+        m = F.dropout(self.mlp(a.to(self.attn_qkv.weight.dtype)), self.dropout, self.training)
         return h + (m if mods is None else mods[5] * m)
 
 
@@ -330,7 +332,7 @@ class FinalLayer(nn.Module):
         a = self.norm_final(h)
         if mods is not None:
             a = modulate(a, mods[0], mods[1])
-        return self.linear(a)
+        return self.linear(a.to(self.linear.weight.dtype))
 
 
 # --------------------------------------------------------------------------------------------
