@@ -131,6 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{run_dir}: {len(df)}/{len(cells)} cells, "
         + ", ".join(f"{k} {v}" for k, v in counts.items())
     )
+    cold = df[(df["status"] == "ok") & ~df["warmup_ok"].fillna(False).astype(bool)]
+    if len(cold):
+        print(
+            f"warning: {len(cold)} cells' last warm-up is not within 5 % of their median "
+            "(warmup_ok false); raise timing.warmup for steadier numbers."
+        )
     print(f"see: dlmbench show {run_dir}")
     return 1 if counts.get("error") else 0
 
@@ -315,6 +321,8 @@ def _fmt(x: Any) -> str:
 
 def show_table(df: Any) -> str:
     """A compact text table of a run: one line per cell, varying parameters only."""
+    import pandas as pd
+
     params = [c for c in df.columns if c.startswith("p_") and df[c].astype(str).nunique() > 1]
     t = df[["label", "seq_len", "batch_size", "seed", *params, "status"]].copy()
     t.columns = ["label", "L", "b", "seed", *[c[2:] for c in params], "status"]
@@ -332,7 +340,8 @@ def show_table(df: Any) -> str:
     mem = df["peak_alloc_gb"].where(df["peak_alloc_gb"].notna(), df["peak_rss_gb"])
     t["mem_gb"] = mem.map(lambda v: _fmt(float(v)))
     t["J"] = num("energy_j")
-    return t.to_string(index=False)
+    with pd.option_context("display.max_columns", None, "display.width", None):
+        return t.to_string(index=False)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -395,6 +395,8 @@ def _set_override(raw: dict[str, Any], key: str, value: Any) -> str | None:
         if isinstance(node, dict) and k not in node:
             node[k] = {}
         node = node[k]
+    if _strip_none(tp) is CheckpointSpec and isinstance(value, str):
+        value = {"path": value}  # the YAML shorthand name: PATH
     trial: list[str] = []
     coerce(value, tp, key, trial)
     if trial:

@@ -14,8 +14,8 @@ import torch
 
 from samplers.base import (
     SAMPLERS,
-    SampleResult,
     SamplerError,
+    SampleResult,
     check_common,
     numerics_problems,
     sample_tokens,

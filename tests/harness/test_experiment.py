@@ -118,7 +118,9 @@ def test_stable_hash_is_sha256_of_canonical_json():
 
 
 def _ids(cfg):
-    return {(c.seq_len, c.batch_size, c.seed, c.config.num_steps): c.cell_id for c in cells_of(cfg)[1]}
+    return {
+        (c.seq_len, c.batch_size, c.seed, c.config.num_steps): c.cell_id for c in cells_of(cfg)[1]
+    }
 
 
 def test_cell_id_ignores_order_labels_names_and_explicit_defaults(tmp_path):
@@ -204,7 +206,8 @@ def test_overrides_are_typed_and_address_entries_by_name_or_index(tmp_path):
 
 def test_override_problems_are_reported_not_applied(tmp_path):
     raw, problems = apply_overrides(
-        base_config(tmp_path), ["timing.repeats=abc", "timing.repat=3", "seeds", "samplers.nope.x=1"]
+        base_config(tmp_path),
+        ["timing.repeats=abc", "timing.repat=3", "seeds", "samplers.nope.x=1"],
     )
     assert raw["timing"]["repeats"] == 2
     assert len(problems) == 4
@@ -243,7 +246,12 @@ CKPT = "<ckpt>"
 
 # (id, edits [(path, value)], overrides, expected message fragments)
 MALFORMED = [
-    ("unknown_top_key", [("seq_len", [16])], [], ["unknown key 'seq_len'", "Did you mean: seq_lens"]),
+    (
+        "unknown_top_key",
+        [("seq_len", [16])],
+        [],
+        ["unknown key 'seq_len'", "Did you mean: seq_lens"],
+    ),
     ("wrong_type_list", [("batch_sizes", "four")], [], ["'batch_sizes' is 'four'"]),
     ("wrong_type_nested", [("timing.repeats", "5x")], [], ["'timing.repeats' is '5x'"]),
     ("wrong_type_item", [("seq_lens", [16, "x"])], [], ["'seq_lens[1]' is 'x'"]),
@@ -260,48 +268,136 @@ MALFORMED = [
     ("bad_name", [("name", "a b/c")], [], ["'name' is 'a b/c'"]),
     ("duplicate_seq_lens", [("seq_lens", [16, 16])], [], ["'seq_lens' repeats [16]"]),
     ("zero_batch", [("batch_sizes", [0])], [], ["'batch_sizes' contains 0"]),
-    ("missing_ckpt_path", [("checkpoints.tiny", {"path": "/no/such/ckpt"})], [],
-     ["'/no/such/ckpt' does not exist"]),
-    ("random_without_vocab", [("checkpoints.tiny", {"path": "random:tiny"})], [], ["'vocab_size' is None"]),
-    ("random_unknown_size", [("checkpoints.tiny.path", "random:tinyy")], [],
-     ["Unknown model size 'tinyy'", "Did you mean: tiny"]),
-    ("random_bad_model_field", [("checkpoints.tiny.model", {"hiden_size": 8})], [],
-     ["unknown model field 'hiden_size'", "Did you mean: hidden_size"]),
-    ("unknown_sampler", [("samplers.0.sampler", "fak")], [], ["Unknown sampler 'fak'", "Did you mean: fake"]),
-    ("unknown_ckpt_ref", [("samplers.0.checkpoint", "tiyn")], [], ["checkpoint 'tiyn' is not defined", "Did you mean: tiny"]),
-    ("family_mismatch", [("checkpoints.tiny", {"path": CKPT}), ("samplers.0.sampler", "fake_ar")], [],
-     ["sampler 'fake_ar' needs a model of family ar", "is family 'mdlm'"]),
-    ("block_not_dividing_L", [("samplers.0.params.block_size", 5)], [], ["seq_len 16 is not divisible by block_size 5"]),
-    ("unknown_sampler_param", [("samplers.0.params", {"num_step": 4})], [],
-     ["unknown key 'samplers.fake.params.num_step'", "Did you mean: num_steps"]),
-    ("sampler_param_wrong_type", [("samplers.0.params", {"num_steps": "many"})], [], ["'samplers.fake.params.num_steps' is 'many'"]),
+    (
+        "missing_ckpt_path",
+        [("checkpoints.tiny", {"path": "/no/such/ckpt"})],
+        [],
+        ["'/no/such/ckpt' does not exist"],
+    ),
+    (
+        "random_without_vocab",
+        [("checkpoints.tiny", {"path": "random:tiny"})],
+        [],
+        ["'vocab_size' is None"],
+    ),
+    (
+        "random_unknown_size",
+        [("checkpoints.tiny.path", "random:tinyy")],
+        [],
+        ["Unknown model size 'tinyy'", "Did you mean: tiny"],
+    ),
+    (
+        "random_bad_model_field",
+        [("checkpoints.tiny.model", {"hiden_size": 8})],
+        [],
+        ["unknown model field 'hiden_size'", "Did you mean: hidden_size"],
+    ),
+    (
+        "unknown_sampler",
+        [("samplers.0.sampler", "fak")],
+        [],
+        ["Unknown sampler 'fak'", "Did you mean: fake"],
+    ),
+    (
+        "unknown_ckpt_ref",
+        [("samplers.0.checkpoint", "tiyn")],
+        [],
+        ["checkpoint 'tiyn' is not defined", "Did you mean: tiny"],
+    ),
+    (
+        "family_mismatch",
+        [("checkpoints.tiny", {"path": CKPT}), ("samplers.0.sampler", "fake_ar")],
+        [],
+        ["sampler 'fake_ar' needs a model of family ar", "is family 'mdlm'"],
+    ),
+    (
+        "block_not_dividing_L",
+        [("samplers.0.params.block_size", 5)],
+        [],
+        ["seq_len 16 is not divisible by block_size 5"],
+    ),
+    (
+        "unknown_sampler_param",
+        [("samplers.0.params", {"num_step": 4})],
+        [],
+        ["unknown key 'samplers.fake.params.num_step'", "Did you mean: num_steps"],
+    ),
+    (
+        "sampler_param_wrong_type",
+        [("samplers.0.params", {"num_steps": "many"})],
+        [],
+        ["'samplers.fake.params.num_steps' is 'many'"],
+    ),
     ("sampler_problems", [("samplers.0.params", {"num_steps": 0})], [], ["'num_steps' is 0"]),
     ("top_p_out_of_range", [("samplers.0.params", {"top_p": 1.5})], [], ["'top_p' is 1.5"]),
-    ("zip_unequal", [("samplers.0.zip", [{"num_steps": [1, 2], "top_p": [0.9]}])], [], ["different lengths"]),
-    ("zip_overlaps_params", [("samplers.0.zip", [{"num_steps": [1, 2]}])], [], ["'num_steps' also appears"]),
+    (
+        "zip_unequal",
+        [("samplers.0.zip", [{"num_steps": [1, 2], "top_p": [0.9]}])],
+        [],
+        ["different lengths"],
+    ),
+    (
+        "zip_overlaps_params",
+        [("samplers.0.zip", [{"num_steps": [1, 2]}])],
+        [],
+        ["'num_steps' also appears"],
+    ),
     ("profile_in_params", [("samplers.0.params", {"profile": True})], [], ["timing.mode: profile"]),
-    ("duplicate_labels", [("samplers", [{"sampler": "fake"}, {"sampler": "fake", "params": {"num_steps": 3}}])], [],
-     ["sampler name 'fake' is used 2 times"]),
-    ("identical_cells", [("samplers", [{"sampler": "fake"}, {"name": "b", "sampler": "fake"}])], [], ["identical cells"]),
-    ("bad_override_type", [], ["timing.repeats=abc"], ["override 'timing.repeats=abc'", "'timing.repeats' is 'abc'"]),
-    ("bad_override_key", [], ["timing.repat=3"], ["override 'timing.repat=3'", "Did you mean: repeats"]),
+    (
+        "duplicate_labels",
+        [("samplers", [{"sampler": "fake"}, {"sampler": "fake", "params": {"num_steps": 3}}])],
+        [],
+        ["sampler name 'fake' is used 2 times"],
+    ),
+    (
+        "identical_cells",
+        [("samplers", [{"sampler": "fake"}, {"name": "b", "sampler": "fake"}])],
+        [],
+        ["identical cells"],
+    ),
+    (
+        "bad_override_type",
+        [],
+        ["timing.repeats=abc"],
+        ["override 'timing.repeats=abc'", "'timing.repeats' is 'abc'"],
+    ),
+    (
+        "bad_override_key",
+        [],
+        ["timing.repat=3"],
+        ["override 'timing.repat=3'", "Did you mean: repeats"],
+    ),
     ("bad_override_form", [], ["timing.repeats"], ["not of the form key=value"]),
-    ("many_at_once", [("seq_len", [16]), ("samplers.0.sampler", "fak"), ("timing.repeats", -1)], [],
-     ["unknown key 'seq_len'", "Unknown sampler 'fak'", "timing: 'repeats' is -1"]),
-]  # fmt: skip
+    (
+        "many_at_once",
+        [("seq_len", [16]), ("samplers.0.sampler", "fak"), ("timing.repeats", -1)],
+        [],
+        ["unknown key 'seq_len'", "Unknown sampler 'fak'", "timing: 'repeats' is -1"],
+    ),
+]
 
 
 @pytest.mark.parametrize("command", ["validate", "run"])
 @pytest.mark.parametrize("case", MALFORMED, ids=[m[0] for m in MALFORMED])
-def test_malformed_config_is_rejected_before_anything_runs(tmp_path, mdlm_ckpt, capsys, case, command):
+def test_malformed_config_is_rejected_before_anything_runs(
+    tmp_path, mdlm_ckpt, capsys, case, command
+):
     _, edits, overrides, fragments = case
     out = tmp_path / "results"
     cfg = base_config(out)
     for path, value in edits:
-        _set(cfg, path, json.loads(json.dumps(value).replace(CKPT, mdlm_ckpt)) if value is not DELETE else value)
+        _set(
+            cfg,
+            path,
+            json.loads(json.dumps(value).replace(CKPT, mdlm_ckpt))
+            if value is not DELETE
+            else value,
+        )
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    rc = cli.main([command, str(path), *overrides] + (["--no-progress"] if command == "run" else []))
+    rc = cli.main(
+        [command, str(path), *overrides] + (["--no-progress"] if command == "run" else [])
+    )
     err = capsys.readouterr().err
     assert rc == 2, err
     for fragment in fragments:
@@ -325,7 +421,10 @@ def test_unreadable_yaml_is_rejected(tmp_path, capsys, text, fragment):
 
 def test_every_problem_is_reported_once(tmp_path):
     cfg = base_config(tmp_path)
-    cfg["samplers"] = [{"sampler": "fak"}, {"name": "x", "sampler": "fake", "params": {"num_steps": 0}}]
+    cfg["samplers"] = [
+        {"sampler": "fak"},
+        {"name": "x", "sampler": "fake", "params": {"num_steps": 0}},
+    ]
     cfg["timing"]["repeats"] = 0
     cfg["seq_len"] = [3]
     _, _, problems = validate(cfg)
