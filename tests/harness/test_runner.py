@@ -284,20 +284,26 @@ def _all_shards_readable(run_dir: Path) -> dict[str, bytes]:
     return out
 
 
-def _kill_after(ctx, path: Path, run_dir: Path | None, delay: float, wait_progress: bool) -> None:
-    """Start a run in a forked child; SIGKILL it ``delay`` s after start (or after it finishes
-    one more cell, when ``wait_progress``)."""
-    before = len(results.shard_paths(run_dir)) if run_dir else 0
+def _shard_count(results_dir: Path) -> int:
+    cells = next(results_dir.glob("*/cells"), None)
+    return len(results.shard_paths(cells.parent)) if cells is not None else 0
+
+
+def _kill_after(ctx, path: Path, delay: float, wait_progress: bool, cap: int = 3) -> None:
+    """Start a run in a forked child and SIGKILL it ``delay`` s after start, or ``delay`` s
+    after it finished one more cell when ``wait_progress``; at the latest once it has finished
+    ``cap`` more cells (so that the sweep outlasts the kills on a fast machine too)."""
+    out = path.parent / "results"
+    before = _shard_count(out)
     proc = ctx.Process(target=_child_run, args=(str(path),))
     proc.start()
+    start = time.monotonic()
     if wait_progress:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and proc.is_alive():
-            found = next((path.parent / "results").glob("*/cells"), None)
-            if found is not None and len(results.shard_paths(found.parent)) > before:
-                break
-            time.sleep(0.01)
-    proc.join(timeout=delay)
+        while proc.is_alive() and _shard_count(out) <= before and time.monotonic() < start + 30:
+            time.sleep(0.002)
+        start = time.monotonic()
+    while proc.is_alive() and time.monotonic() < start + delay and _shard_count(out) < before + cap:
+        time.sleep(0.002)
     assert proc.is_alive(), "the sweep finished before the kill; enlarge the grid"
     os.kill(proc.pid, signal.SIGKILL)
     proc.join(timeout=30)
@@ -308,7 +314,8 @@ def test_sigkill_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_p
     """Ten SIGKILLs at seeded random points, then a clean run finishes the sweep.
 
     Half the kills come at a random delay after start (start-up, config and env writes, or a
-    cell), half at a random delay after the child finished one more cell (mid-cell or mid-write).
+    cell), half at a random delay after the child finished one more cell (mid-cell or mid-write);
+    each child is killed at the latest after 3 new cells, so the kills land mid-sweep.
     After every kill every shard must be readable, and every shard seen before must be
     byte-identical (a finished cell is never rewritten or lost). The final run must produce
     exactly one row per cell.
@@ -329,14 +336,15 @@ def test_sigkill_at_random_points_then_resume_loses_and_duplicates_nothing(tmp_p
     gc.freeze()  # the children's start-up gc then skips the test process's heap
     try:
         for i in range(10):
-            _kill_after(ctx, path, run_dir, rng.uniform(0.0, 0.4), wait_progress=i % 2 == 1)
+            delay = rng.uniform(0.0, 0.4) if i % 2 == 0 else rng.uniform(0.0, 0.05)
+            _kill_after(ctx, path, delay, wait_progress=i % 2 == 1)
             run_dir = run_dir or next((tmp_path / "results").glob("*"), None)
             now = _all_shards_readable(run_dir) if run_dir else {}
             assert {k: now[k] for k in seen} == seen  # nothing lost or rewritten
             seen = now
     finally:
         gc.unfreeze()
-    assert 6 <= len(seen) < len(cells), "kills should land mid-sweep"
+    assert 5 <= len(seen) < len(cells), "kills should land mid-sweep"
     run_dir = run_experiment(path, progress=False)
     final = _all_shards_readable(run_dir)
     assert {k: final[k] for k in seen} == seen
