@@ -1,15 +1,39 @@
-"""The ``dlmbench`` command line."""
-# ruff: noqa: B023, E731  (placeholder demo; replaced by the runner-based demo)
+"""The ``dlmbench`` command line (also ``python -m harness``).
+
+Each command is contributed by an ``add_parser(subparsers)`` function listed in
+:data:`SUBCOMMANDS`; the function registers its sub-parser and sets ``fn`` (called with the parsed
+arguments, returning the exit code). Another module adds a command by appending its function.
+
+Exit codes: 0 success; 1 a run finished with failed cells (status ``error``); 2 bad arguments or
+an invalid config (reported before anything runs or is written).
+"""
+# ruff: noqa: B023, E731  (placeholder demo below; replaced by the runner-based demo)
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from harness.network import DiT, DiTConfig, deterministic_init
+
+EPILOG = """\
+quick start (or: python -m harness ...):
+  dlmbench ls samplers
+  dlmbench run configs/smoke.yaml --dry-run
+  dlmbench run configs/smoke.yaml && dlmbench show smoke
+"""
+
+
+# --------------------------------------------------------------------------------------------
+# demo (placeholder)
+# --------------------------------------------------------------------------------------------
 
 
 def _time(fn, repeats: int = 5) -> float:
@@ -56,14 +80,328 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dlmbench`` console script."""
-    parser = argparse.ArgumentParser(prog="dlmbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_demo_parser(sub: argparse._SubParsersAction) -> None:
+    """``demo``: time the network call paths on a random-weight model (placeholder)."""
     p = sub.add_parser("demo", help="time the network call paths on a random-weight model")
     p.add_argument("--seq-len", type=int, default=256)
     p.set_defaults(fn=cmd_demo)
-    args = parser.parse_args(argv)
+
+
+# --------------------------------------------------------------------------------------------
+# run / validate
+# --------------------------------------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace) -> Any:
+    """The (experiment, cells) of ``args.config`` + overrides, or an exit code 2 after a message."""
+    from harness.configio import ConfigError
+    from harness.experiment import load_experiment
+
+    _import_plugins()
+    try:
+        return load_experiment(args.config, args.overrides)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        print("Nothing was run or written. Fix the config (dlmbench ls samplers).", file=sys.stderr)
+        return 2
+
+
+def _import_plugins() -> None:
+    """Fill the registries (samplers, schedules) through the packages' explicit imports."""
+    import samplers  # noqa: F401
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run (or resume) an experiment, or print its cost-model estimate with ``--dry-run``."""
+    from harness import results, runner
+
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    exp, cells = loaded
+    if args.dry_run:
+        return print_estimate(runner.estimate(exp, cells))
+    run_dir = runner.run_experiment(
+        exp, run_id=args.run_id, progress=not args.no_progress, retry_failed=args.retry_failed
+    )
+    df = results.load_results(run_dir)
+    df = df[df["cell_id"].isin({c.cell_id for c in cells})]
+    counts = df["status"].value_counts().to_dict()
+    print(
+        f"{run_dir}: {len(df)}/{len(cells)} cells, "
+        + ", ".join(f"{k} {v}" for k, v in counts.items())
+    )
+    cold = df[(df["status"] == "ok") & ~df["warmup_ok"].fillna(False).astype(bool)]
+    if len(cold):
+        print(
+            f"warning: {len(cold)} cells' last warm-up is not within 5 % of their median "
+            "(warmup_ok false); raise timing.warmup for steadier numbers."
+        )
+    print(f"see: dlmbench show {run_dir}")
+    return 1 if counts.get("error") else 0
+
+
+def print_estimate(rows: list[dict[str, Any]]) -> int:
+    """Print the dry-run table (parameters that vary only) and the total; return 0."""
+    keys = sorted({k for r in rows for k in r["params"]})
+    vary = [k for k in keys if len({repr(r["params"].get(k)) for r in rows}) > 1]
+    for r in rows:
+        params = " ".join(f"{k}={r['params'].get(k)}" for k in vary)
+        print(
+            f"{r['label']:<18} L={r['seq_len']:<6} b={r['batch_size']:<5} seed={r['seed']:<3} "
+            f"{_fmt(r['predicted_s']):>10} s/run {_fmt(r['total_s']):>10} s/cell  {params}"
+        )
+    total = sum(r["total_s"] for r in rows if not math.isnan(r["total_s"]))
+    unknown = sum(math.isnan(r["total_s"]) for r in rows)
+    note = f" ({unknown} cells without an estimate)" if unknown else ""
+    print(
+        f"{len(rows)} cells; predicted timed work about {_fmt(total)} s{note} "
+        "(model loading excluded)."
+    )
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Load, type-check and build everything in a config without running or writing anything."""
+    from harness.experiment import run_id_for
+
+    loaded = _load(args)
+    if isinstance(loaded, int):
+        return loaded
+    exp, cells = loaded
+    labels = list(dict.fromkeys(c.label for c in cells))
+    print(f"OK: {len(cells)} cells over {len(labels)} sampler entries ({', '.join(labels)}).")
+    print(f"Run folder: {Path(exp.output_dir) / run_id_for(exp, cells)}")
+    return 0
+
+
+def add_run_parser(sub: argparse._SubParsersAction) -> None:
+    """``run CONFIG [a.b=v ...]`` with ``--dry-run``, ``--run-id``, ``--retry-failed``."""
+    p = sub.add_parser(
+        "run",
+        help="run (or resume) an experiment YAML",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="experiment YAML (see configs/)")
+    p.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. timing.repeats=3")
+    p.add_argument("--dry-run", action="store_true", help="print cells and predicted time only")
+    p.add_argument("--run-id", default=None, help="run folder name (default <name>-<hash>)")
+    p.add_argument("--retry-failed", action="store_true", help="re-run error/oom/skipped cells")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_run)
+
+
+def add_validate_parser(sub: argparse._SubParsersAction) -> None:
+    """``validate CONFIG [a.b=v ...]``."""
+    p = sub.add_parser("validate", help="check a config and build every component; run nothing")
+    p.add_argument("config")
+    p.add_argument("overrides", nargs="*")
+    p.set_defaults(fn=cmd_validate)
+
+
+# --------------------------------------------------------------------------------------------
+# ls
+# --------------------------------------------------------------------------------------------
+
+
+def _fields(cls: type | None) -> list[str]:
+    import dataclasses
+
+    from harness.configio import field_table
+
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return ["    (no configurable fields)"]
+    return [f"    {n:<20} {t:<28} default {d!r}" for n, t, d in field_table(cls)]
+
+
+def _doc(obj: Any) -> str:
+    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+
+
+def ls_samplers() -> list[str]:
+    """Each registered sampler: families, summary, config fields with defaults."""
+    from samplers.base import SAMPLERS
+
+    out = []
+    for name in SAMPLERS.names():
+        cls = SAMPLERS.get(name)
+        out.append(f"{name}  (families: {', '.join(cls.families)})  {_doc(cls)}")
+        out += _fields(getattr(cls, "config_class", None))
+    return out or ["(no samplers registered)"]
+
+
+def ls_schedules() -> list[str]:
+    """Schedules (how many tokens per step) and unmasking policies (which ones)."""
+    from samplers.schedules import POLICIES, SCHEDULES
+
+    out = []
+    for title, reg in (("schedules", SCHEDULES), ("unmasking policies", POLICIES)):
+        out.append(f"{title}:")
+        for name in reg.names():
+            entry = reg.get(name)
+            out.append(f"  {name}  {_doc(entry)}")
+            cfg = getattr(entry, "config_class", None)
+            if cfg is not None:
+                out += _fields(cfg)
+    return out
+
+
+def ls_sizes() -> list[str]:
+    """Named model sizes with their dimensions and parameter counts (built on the meta device)."""
+    from harness.network import MODEL_SIZES
+
+    out = [f"{'size':<8} {'d':>5} {'N':>3} {'H':>3} {'c_dim':>5} {'params (V=50258)':>17}"]
+    for name in MODEL_SIZES.names():
+        dims = MODEL_SIZES.get(name)
+        with torch.device("meta"):
+            n = DiT(DiTConfig.from_size(name, vocab_size=50258)).num_parameters()
+        out.append(
+            f"{name:<8} {dims['hidden_size']:>5} {dims['n_blocks']:>3} {dims['n_heads']:>3} "
+            f"{dims['cond_dim']:>5} {n / 1e6:>16.1f}M"
+        )
+    return out
+
+
+def ls_checkpoints() -> list[str]:
+    """The checkpoint spec forms and fields, and dlmbench checkpoints found under checkpoints/."""
+    from harness import modelspec
+    from harness.experiment import CheckpointSpec
+    from harness.network import MODEL_SIZES
+
+    out = ["checkpoint entry (YAML: name: PATH, or name: {path: ..., vocab_size: ...}):"]
+    out += _fields(CheckpointSpec)
+    out.append("random-weight specs (family comes from the sampler; vocab_size required):")
+    out += [f"    random:{s}" for s in MODEL_SIZES.names()]
+    found = sorted(p.parent for p in Path("checkpoints").glob("**/config.json"))
+    out.append(f"checkpoints found under ./checkpoints: {len(found)}")
+    for d in found:
+        try:
+            cfg = modelspec.peek_config(str(d))
+            out.append(
+                f"    {d}  family {cfg.family}, size {modelspec.size_name(cfg)}, V={cfg.vocab_size}"
+            )
+        except (ValueError, OSError) as e:
+            out.append(f"    {d}  unreadable: {e}")
+    return out
+
+
+LS_TOPICS: dict[str, Callable[[], list[str]]] = {
+    "samplers": ls_samplers,
+    "schedules": ls_schedules,
+    "checkpoints": ls_checkpoints,
+    "sizes": ls_sizes,
+}
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    """Print one registry's entries."""
+    _import_plugins()
+    print("\n".join(LS_TOPICS[args.what]()))
+    return 0
+
+
+def add_ls_parser(sub: argparse._SubParsersAction) -> None:
+    """``ls samplers|schedules|checkpoints|sizes``."""
+    p = sub.add_parser("ls", help="list registry entries with their config fields and defaults")
+    p.add_argument("what", choices=sorted(LS_TOPICS))
+    p.set_defaults(fn=cmd_ls)
+
+
+# --------------------------------------------------------------------------------------------
+# show
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return "-" if math.isnan(x) else f"{x:.4g}"
+    return "-" if x is None else str(x)
+
+
+def show_table(df: Any) -> str:
+    """A compact text table of a run: one line per cell, varying parameters only."""
+    import pandas as pd
+
+    params = [c for c in df.columns if c.startswith("p_") and df[c].astype(str).nunique() > 1]
+    t = df[["label", "seq_len", "batch_size", "seed", *params, "status"]].copy()
+    t.columns = ["label", "L", "b", "seed", *[c[2:] for c in params], "status"]
+
+    def num(col: str) -> Any:
+        return df[col].map(lambda v: _fmt(float(v)) if v is not None else "-")
+
+    t["wall_s"] = num("wall_s")
+    t["95% CI"] = [
+        f"[{_fmt(a)}, {_fmt(b)}]" for a, b in zip(df["wall_s_ci_lo"], df["wall_s_ci_hi"])
+    ]
+    t["tok/s"] = num("tokens_per_s")
+    t["nfe"] = num("nfe_total")
+    t["ms/call"] = num("ms_per_call")
+    mem = df["peak_alloc_gb"].where(df["peak_alloc_gb"].notna(), df["peak_rss_gb"])
+    t["mem_gb"] = mem.map(lambda v: _fmt(float(v)))
+    t["J"] = num("energy_j")
+    with pd.option_context("display.max_columns", None, "display.width", None):
+        return t.to_string(index=False)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """Print a run's cells as a compact table, then its failures."""
+    from harness.results import load_results, resolve_run
+
+    try:
+        run_dir = resolve_run(args.run, args.output_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    df = load_results(run_dir)
+    counts = ", ".join(f"{k} {v}" for k, v in df["status"].value_counts().items())
+    print(f"{run_dir}  ({len(df)} cells: {counts or 'none yet'})")
+    if len(df):
+        print(show_table(df))
+    for _, r in df[df["status"] != "ok"].iterrows():
+        print(f"  {r['cell_id']} {r['label']} L={r['seq_len']} b={r['batch_size']}: {r['error']}")
+    return 0
+
+
+def add_show_parser(sub: argparse._SubParsersAction) -> None:
+    """``show RUN`` (a run folder, run id, or experiment name)."""
+    p = sub.add_parser("show", help="print a run's results as a compact table")
+    p.add_argument("run", help="results/<run_id>, a run id, or an experiment name (newest)")
+    p.add_argument("--output-dir", default="results", help="where run folders live")
+    p.set_defaults(fn=cmd_show)
+
+
+# --------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------
+
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    add_run_parser,
+    add_validate_parser,
+    add_ls_parser,
+    add_show_parser,
+    add_demo_parser,
+]
+"""``add_parser(subparsers)`` functions; append one to add a command."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every command of :data:`SUBCOMMANDS`."""
+    parser = argparse.ArgumentParser(
+        prog="dlmbench",
+        description="Benchmark diffusion-language-model samplers: speed, NFE, memory, energy.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlmbench`` console script; returns the exit code."""
+    args = build_parser().parse_args(argv)
     return int(args.fn(args))
 
 

@@ -37,6 +37,9 @@ def _type_name(tp: Any) -> str:
         args = get_args(tp)
         inner = _type_name(args[0]) if args else "any"
         return f"list of {inner}"
+    if get_origin(tp) is dict:
+        args = get_args(tp)
+        return f"mapping of {_type_name(args[1])}" if len(args) == 2 else "mapping"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -79,7 +82,15 @@ def coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     if origin is dict:
         if not isinstance(value, dict):
             problems.append(f"'{where}' is {value!r}; expected a mapping.")
-        return value
+            return value
+        args = get_args(tp)
+        if len(args) != 2:
+            return value
+        out_map = {}
+        for k, v in value.items():
+            coerce(k, args[0], f"{where} key {k!r}", problems)
+            out_map[k] = coerce(v, args[1], f"{where}.{k}", problems)
+        return out_map
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             problems.append(f"'{where}' is {value!r}; expected a mapping of {tp.__name__} fields.")
@@ -121,6 +132,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> tuple[T | None, l
             problems.append(
                 f"unknown key '{where}'.{did_you_mean(key, names)} Allowed: {', '.join(names)}."
             )
+    n_unknown = len(problems)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         if not f.init or f.name not in data:
@@ -133,13 +145,15 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> tuple[T | None, l
             continue
         where = f"{prefix}.{f.name}" if prefix else f.name
         kwargs[f.name] = coerce(data[f.name], hints[f.name], where, problems)
-    if problems:
+    if len(problems) > n_unknown:
         return None, problems
+    # Only unknown keys so far: still run the value checks on the known ones, so that every
+    # problem is reported at once; the object is withheld because the input was not clean.
     obj = cls(**kwargs)
     check = getattr(obj, "problems", None)
     if callable(check):
         problems.extend(f"{prefix + ': ' if prefix else ''}{p}" for p in check())
-    return obj, problems
+    return (None if n_unknown else obj), problems
 
 
 def collect(

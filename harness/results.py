@@ -1,0 +1,213 @@
+"""The results store: one folder per run, one parquet shard per finished cell.
+
+Layout (``docs/design.md``, Results)::
+
+    results/<run_id>/
+        config.yaml              the resolved experiment config
+        env.json                 environment fingerprint of the first session
+        env-<env_id>.json        fingerprint of any later session that differed
+        cells/<cell_id>.parquet  one row per finished cell (ok, error, oom or skipped)
+        samples/<cell_id>.pt     token ids (b, L) of the first timed repeat (full mode)
+
+Every file is written atomically: to a temporary name in the same folder, flushed and fsynced,
+then renamed. A run killed at any point leaves only complete shards (and maybe a temporary file,
+removed by the next run), so resuming re-runs exactly the cells without a shard.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import yaml
+
+TEMP_PREFIX = ".tmp-"
+
+IDENTITY_COLUMNS = [
+    "run_id", "cell_id", "status", "error", "sampler", "label", "checkpoint", "family",
+    "model_size", "batch_size", "seq_len", "seed", "device", "dtype", "timing_mode",
+]  # fmt: skip
+TIMING_COLUMNS = [
+    "wall_s", "wall_s_mean", "wall_s_std", "wall_s_ci_lo", "wall_s_ci_hi", "wall_s_all",
+    "device_ms", "s_per_sample", "tokens_per_s", "samples_per_s", "ms_per_call", "repeats",
+    "warmup", "warmup_last_s", "warmup_ok",
+]  # fmt: skip
+WORK_COLUMNS = [
+    "nfe_denoise", "nfe_total", "nfe_expected", "nfe_profile_sim", "token_forwards",
+    "tokens_per_forward", "attn_pairs", "flops_analytic", "bytes_analytic", "tflops_effective",
+    "mfu", "predicted_s", "predicted_ratio",
+]  # fmt: skip
+MEMORY_ENERGY_COLUMNS = [
+    "peak_alloc_gb", "peak_reserved_gb", "peak_rss_gb", "nvml_used_gb", "cache_bytes_analytic",
+    "energy_j", "j_per_sample", "j_per_token", "energy_method",
+]  # fmt: skip
+DESIGN_COLUMNS = IDENTITY_COLUMNS + TIMING_COLUMNS + WORK_COLUMNS + MEMORY_ENERGY_COLUMNS
+"""Every column ``docs/design.md`` names for the runner (quality columns come later)."""
+
+LIST_COLUMNS = ("wall_s_all", "device_ms_all", "warmup_all_s")
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename in ``path`` durable (best effort where directories cannot be opened)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
+    """Write ``path`` via ``write(temp)`` on a temporary sibling, fsync, then rename.
+
+    Raises:
+        Whatever ``write`` raises; the temporary file is removed first.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def clean_temp(run_dir: Path) -> int:
+    """Remove temporary files left by a killed run; return how many."""
+    n = 0
+    for sub in (run_dir, run_dir / "cells", run_dir / "samples"):
+        for p in sub.glob(TEMP_PREFIX + "*") if sub.is_dir() else ():
+            p.unlink(missing_ok=True)
+            n += 1
+    return n
+
+
+def init_run_dir(run_dir: Path, config: dict[str, Any], env: dict[str, Any], env_id: str) -> None:
+    """Create the run folder with ``config.yaml`` and the environment fingerprint.
+
+    A resumed run keeps the first ``env.json``; a differing later fingerprint is stored as
+    ``env-<env_id>.json`` (every row names its ``env_id``).
+    """
+    (run_dir / "cells").mkdir(parents=True, exist_ok=True)
+    (run_dir / "samples").mkdir(exist_ok=True)
+    clean_temp(run_dir)
+    text = yaml.safe_dump(config, sort_keys=False)
+    atomic_write(run_dir / "config.yaml", lambda p: p.write_text(text))
+    doc = json.dumps({"env_id": env_id, **env}, indent=2, default=str) + "\n"
+    first = run_dir / "env.json"
+    if not first.exists():
+        atomic_write(first, lambda p: p.write_text(doc))
+    elif json.loads(first.read_text()).get("env_id") != env_id:
+        atomic_write(run_dir / f"env-{env_id}.json", lambda p: p.write_text(doc))
+
+
+def _arrow_value(v: Any) -> Any:
+    """Scalars stay; lists of numbers stay lists; anything else becomes JSON text."""
+    if isinstance(v, list | tuple):
+        if all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
+            return [float(x) for x in v]
+        return json.dumps(v, default=str)
+    if isinstance(v, dict):
+        return json.dumps(v, default=str)
+    return v
+
+
+def write_shard(run_dir: Path, row: dict[str, Any]) -> Path:
+    """Write one cell's row to ``cells/<cell_id>.parquet`` atomically."""
+    table = pa.Table.from_pylist([{k: _arrow_value(v) for k, v in row.items()}])
+    path = run_dir / "cells" / f"{row['cell_id']}.parquet"
+    return atomic_write(path, lambda p: pq.write_table(table, p))
+
+
+def save_samples(run_dir: Path, cell_id: str, tokens: torch.Tensor) -> str:
+    """Save token ids ``(b, L)`` as ``samples/<cell_id>.pt`` (int tensor); return the rel. path."""
+    rel = f"samples/{cell_id}.pt"
+    data = tokens.detach().to("cpu", torch.int64).contiguous()
+    atomic_write(run_dir / rel, lambda p: torch.save(data, p))
+    return rel
+
+
+def load_samples(run_dir: str | Path, cell_id: str) -> torch.Tensor:
+    """The stored token ids ``(b, L)`` of ``cell_id`` (``weights_only`` load)."""
+    return torch.load(Path(run_dir) / "samples" / f"{cell_id}.pt", weights_only=True)
+
+
+def shard_paths(run_dir: str | Path) -> list[Path]:
+    """The finished shards, sorted by name (temporary files excluded)."""
+    cells = Path(run_dir) / "cells"
+    return sorted(p for p in cells.glob("*.parquet") if not p.name.startswith(TEMP_PREFIX))
+
+
+def read_shard(path: Path, columns: list[str] | None = None) -> dict[str, Any]:
+    """One shard's row as a dict (list columns as Python lists)."""
+    table = pq.read_table(path, columns=columns)
+    return table.to_pylist()[0]
+
+
+def finished(run_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``cell_id → {status, group_id, batch_size}`` of the finished cells (for resume)."""
+    cols = ["cell_id", "status", "group_id", "batch_size"]
+    return {r["cell_id"]: r for r in (read_shard(p, cols) for p in shard_paths(run_dir))}
+
+
+def load_results(run_dir: str | Path) -> pd.DataFrame:
+    """All finished cells of a run as one DataFrame (one row per cell, in sweep order).
+
+    Every design column is present (NaN where a row has no value); list columns hold lists.
+
+    Raises:
+        FileNotFoundError: ``run_dir`` has no ``cells/`` folder.
+    """
+    run_dir = Path(run_dir)
+    if not (run_dir / "cells").is_dir():
+        raise FileNotFoundError(
+            f"'{run_dir}' is not a run folder (no cells/); pass results/<run_id> "
+            "(dlmbench show lists what a run holds)."
+        )
+    rows = [read_shard(p) for p in shard_paths(run_dir)]
+    df = pd.DataFrame.from_records(rows)
+    for col in DESIGN_COLUMNS:
+        if col not in df.columns:
+            df[col] = math.nan
+    if "cell_index" in df.columns and len(df):
+        df = df.sort_values("cell_index", kind="stable").reset_index(drop=True)
+    return df
+
+
+def resolve_run(spec: str, output_dir: str | Path = "results") -> Path:
+    """A run folder from a path, a run id, or an experiment name (the newest match).
+
+    Raises:
+        FileNotFoundError: nothing matches; the message lists the runs present.
+    """
+    p = Path(spec)
+    if (p / "cells").is_dir():
+        return p
+    base = Path(output_dir)
+    runs = sorted(
+        (d for d in base.glob("*") if (d / "cells").is_dir()), key=lambda d: d.stat().st_mtime
+    )
+    exact = [d for d in runs if d.name == spec]
+    named = [d for d in runs if d.name.rsplit("-", 1)[0] == spec]
+    if exact or named:
+        return (exact or named)[-1]
+    have = ", ".join(d.name for d in runs) or "none"
+    raise FileNotFoundError(f"no run '{spec}' (as a path or under '{base}'); runs there: {have}.")
