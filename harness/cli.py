@@ -385,6 +385,16 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 """``add_parser(subparsers)`` functions; append one to add a command."""
 
 
+def _register_module_commands() -> None:
+    """Commands that live beside the code they drive (imported lazily to keep start-up fast)."""
+    from harness import checkpoints, plots
+
+    SUBCOMMANDS.extend([checkpoints.add_parser, plots.add_parser])
+
+
+_register_module_commands()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every command of :data:`SUBCOMMANDS`."""
     parser = argparse.ArgumentParser(

@@ -39,7 +39,7 @@ def random_config(
 
 def _loader() -> Any:
     """The checkpoint loader: ``load_checkpoint`` (every format) where present, else ours."""
-    return getattr(checkpoints, "load_checkpoint", None) or checkpoints.load_dlmbench_checkpoint
+    return checkpoints.load_checkpoint
 
 
 def peek_config(path: str) -> DiTConfig:
