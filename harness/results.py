@@ -168,10 +168,12 @@ def finished(run_dir: str | Path) -> dict[str, dict[str, Any]]:
     return {r["cell_id"]: r for r in (read_shard(p, cols) for p in shard_paths(run_dir))}
 
 
-def load_results(run_dir: str | Path) -> pd.DataFrame:
+def load_results(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFrame:
     """All finished cells of a run as one DataFrame (one row per cell, in sweep order).
 
     Every design column is present (NaN where a row has no value); list columns hold lists.
+    Quality shards (``quality/``, written by ``dlmbench quality``) are joined on ``cell_id``:
+    those of ``evaluator`` if given, else of the evaluator that scored the most cells.
 
     Raises:
         FileNotFoundError: ``run_dir`` has no ``cells/`` folder.
@@ -189,7 +191,21 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
             df[col] = math.nan
     if "cell_index" in df.columns and len(df):
         df = df.sort_values("cell_index", kind="stable").reset_index(drop=True)
-    return df
+    return join_quality(df, run_dir, evaluator)
+
+
+def join_quality(df: pd.DataFrame, run_dir: Path, evaluator: str | None) -> pd.DataFrame:
+    """Attach one evaluator's quality columns to the cell rows (left join on ``cell_id``)."""
+    files = sorted((run_dir / "quality").glob("*.parquet")) if len(df) else []
+    if not files:
+        return df
+    q = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if evaluator is None:
+        evaluator = q["evaluator"].value_counts().index[0]
+    q = q[q["evaluator"] == evaluator].drop_duplicates("cell_id", keep="last")
+    keep = [c for c in q.columns if c == "cell_id" or c not in df.columns or df[c].isna().all()]
+    df = df.drop(columns=[c for c in keep if c != "cell_id" and c in df.columns])
+    return df.merge(q[keep], on="cell_id", how="left")
 
 
 def resolve_run(spec: str, output_dir: str | Path = "results") -> Path:
