@@ -19,4 +19,7 @@ The registries are filled by the explicit imports below.
 
 from samplers.base import SAMPLERS, Sampler, SamplerError, SampleResult
 
+# Eso-LM (B), its interleaved variant, BD3-LM (the explicit imports register them).
+from samplers import bd3lm_block, esolm, esolm_interleaved  # noqa: F401, E402  isort: skip
+
 __all__ = ["SAMPLERS", "SampleResult", "Sampler", "SamplerError"]
