@@ -183,17 +183,27 @@ def masked_per_block(seq_len: int, block_size: int, bos: int | None) -> list[int
 def block_counts(
     schedule: Any, n_masked: int, steps_per_block: int, batch_size: int, gen: torch.Generator
 ) -> Tensor:
-    """Per-row binomial walk over the T′ grid; the last step takes any remainder.
+    """One independent count walk over the T′ grid per row; the last step takes any remainder.
+
+    Uses the schedule's optional vectorised ``counts_rows`` when it has one (loglinear), else
+    calls ``counts`` once per row.
 
     Returns:
         (b, T′) int64 on the CPU; each row sums to ``n_masked``.
     """
-    rows = []
-    for _ in range(batch_size):
-        c = [int(v) for v in schedule.counts(n_masked, steps_per_block, gen, 1.0)]
-        c[-1] += n_masked - sum(c)
-        rows.append(c)
-    return torch.tensor(rows, dtype=torch.long).view(batch_size, steps_per_block)
+    fast = getattr(schedule, "counts_rows", None)
+    if fast is not None:
+        counts = fast(n_masked, steps_per_block, batch_size, gen).to(torch.long)
+    else:
+        counts = torch.tensor(
+            [
+                [int(v) for v in schedule.counts(n_masked, steps_per_block, gen, 1.0)]
+                for _ in range(batch_size)
+            ],
+            dtype=torch.long,
+        ).view(batch_size, steps_per_block)
+    counts[:, -1] += n_masked - counts.sum(-1)
+    return counts
 
 
 def reveal_probabilities(schedule: Any, steps_per_block: int) -> Tensor:

@@ -132,6 +132,12 @@ class LogLinear:
         """Binomial walk; with α0 = 1 the last step takes every remaining token."""
         return binomial_counts(self, n_tokens, num_steps, generator, alpha0)
 
+    def counts_rows(
+        self, n_tokens: int, num_steps: int, rows: int, generator: torch.Generator
+    ) -> Tensor:
+        """``rows`` independent walks at once (optional fast path, see binomial_counts_rows)."""
+        return binomial_counts_rows(self, n_tokens, num_steps, rows, generator)
+
 
 @POLICIES.register("random")
 class RandomPolicy:
@@ -156,3 +162,35 @@ def _top_k_mask(keys: Tensor, masked: Tensor, k: Tensor) -> Tensor:
         -1, order, torch.arange(keys.shape[-1], device=keys.device).expand_as(order)
     )
     return (rank < k[:, None]) & masked
+
+
+def binomial_counts_rows(
+    schedule: Schedule,
+    n_tokens: int,
+    num_steps: int,
+    rows: int,
+    generator: torch.Generator,
+    alpha0: float = 1.0,
+) -> Tensor:
+    """``rows`` independent binomial walks drawn together: (rows, T) int64 on the CPU.
+
+    Same law as ``rows`` calls of :func:`binomial_counts` (one vectorised draw per grid step
+    instead of one per row and step). A schedule may expose it as the optional method
+    ``counts_rows(n_tokens, num_steps, rows, generator)``; samplers that need many independent
+    walks (BD3-LM: one per row and block) use it when present and call ``counts`` per row
+    otherwise. ``generator`` must be a CPU generator.
+    """
+    grid = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps  # t: 1 … 1/T
+    a_t = alpha0 * schedule.alpha(grid)
+    a_s = alpha0 * schedule.alpha(grid - 1.0 / num_steps)
+    denom = 1.0 - a_t
+    p = torch.where(denom > 0, (a_s - a_t) / denom.clamp_min(1e-300), 0.0).clamp(0.0, 1.0)
+    remaining = torch.full((rows,), float(n_tokens), dtype=torch.float64)
+    out = torch.zeros(rows, num_steps, dtype=torch.long)
+    for i in range(num_steps):
+        if p[i] <= 0:
+            continue
+        n = torch.binomial(remaining, p[i].expand(rows).contiguous(), generator=generator)
+        out[:, i] = n.long()
+        remaining -= n
+    return out

@@ -433,3 +433,25 @@ def test_final_step_fills_every_mask_for_any_schedule():
     assert abs(nfe.mean().item() - want) <= 5 * nfe.std().item() / math.sqrt(len(nfe)) + 0.01
     q = reveal_probabilities(SCHEDULES.build("test_short"), T)  # the last step absorbs 1 − Σq
     assert q.sum().item() == pytest.approx(1.0) and q[-1].item() == pytest.approx(0.15 + 0.4)
+
+
+@pytest.mark.usefixtures("short_schedule")
+@pytest.mark.parametrize("alpha0", [1.0, 0.5])
+def test_vectorised_walk_has_the_law_of_the_row_walk(alpha0):
+    """binomial_counts_rows vs binomial_counts, 2000 rows each: per-step means agree within
+    5 two-sample standard errors (Bonferroni over 6 steps: p_fail < 1e-5)."""
+    from samplers.schedules import binomial_counts, binomial_counts_rows
+
+    sched, n, T, rows = SCHEDULES.build("test_short"), 7, 6, 2000
+    fast = binomial_counts_rows(sched, n, T, rows, gen(0), alpha0).double()
+    g = gen(1)
+    slow = torch.tensor(
+        [binomial_counts(sched, n, T, g, alpha0) for _ in range(rows)], dtype=torch.float64
+    )
+    assert fast.shape == slow.shape == (rows, T)
+    se = torch.sqrt(fast.var(0) / rows + slow.var(0) / rows)
+    assert ((fast.mean(0) - slow.mean(0)).abs() <= 5 * se + 1e-12).all(), (
+        fast.mean(0),
+        slow.mean(0),
+    )
+    assert (fast.sum(-1) <= n).all()
