@@ -409,7 +409,12 @@ class BD3LMSampler:
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> BD3Plan:
-        """Draw every block's step counts and allocate the cache (untimed)."""
+        """Draw every block's step counts and allocate the cache (untimed).
+
+        Raises:
+            SamplerError: wrong model family, sizes < 1, block_size not dividing seq_len, or a
+                block_size other than the one the model was trained with.
+        """
         check_family(self, model)
         check_common(batch_size, seq_len)
         self._check_sizes(model.config, seq_len)
@@ -432,7 +437,11 @@ class BD3LMSampler:
 
     @torch.no_grad()
     def execute(self, model: Any, plan: BD3Plan, *, generator: torch.Generator) -> SampleResult:
-        """The timed loop over blocks; replayable (the cache is reset first)."""
+        """The timed loop over blocks; replayable (the cache is reset first).
+
+        Raises:
+            SamplerError: an adaptive policy left masks in a block (names the block).
+        """
         cfg = self.config
         if plan.cache is not None:
             plan.cache.reset()

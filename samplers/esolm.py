@@ -372,6 +372,11 @@ class EsoLMSampler:
     config_class: ClassVar[type] = EsoLMConfig
 
     def __init__(self, config: EsoLMConfig | None = None) -> None:
+        """Build from ``config`` (defaults when ``None``).
+
+        Raises:
+            ConfigError: listing every problem of the config.
+        """
         self.config = check_config(self.name, config or EsoLMConfig())
         self.schedule = SCHEDULES.build(self.config.schedule)
 
@@ -379,7 +384,11 @@ class EsoLMSampler:
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> EsoPlan:
-        """Draw K and π, gather rotary by π, allocate the cache (untimed)."""
+        """Draw K and π, gather rotary by π, allocate the cache (untimed).
+
+        Raises:
+            SamplerError: wrong model family, or batch_size / seq_len < 1.
+        """
         check_family(self, model)
         check_common(batch_size, seq_len)
         cfg = self.config

@@ -116,7 +116,11 @@ class EsoLMBlockSampler:
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> EsoPlan:
-        """Build π (shared by the batch) and K, gather rotary, allocate the cache (untimed)."""
+        """Build π (shared by the batch) and K, gather rotary, allocate the cache (untimed).
+
+        Raises:
+            SamplerError: wrong model family, sizes < 1, or num_steps not dividing seq_len.
+        """
         check_family(self, model)
         check_common(batch_size, seq_len)
         self._check_length(seq_len)
