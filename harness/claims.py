@@ -100,14 +100,21 @@ def paper_prediction(row: pd.Series, seq_len: int, batch: int, hardware: str) ->
     cfg = json.loads(row["cell_config"])
     cls = SAMPLERS.get(cfg["sampler"])
     sampler = cls(cls.config_class(**cfg["params"]))
-    model_cfg = DiTConfig.from_size("small", family=row["family"], vocab_size=50258,
-                                    model_length=1024, mask_index=50257, bos_index=50256,
-                                    eos_index=50256)
+    model_cfg = DiTConfig.from_size(
+        "small",
+        family=row["family"],
+        vocab_size=50258,
+        model_length=1024,
+        mask_index=50257,
+        bos_index=50256,
+        eos_index=50256,
+    )
     calls = sampler.expected_calls(model_cfg, batch_size=batch, seq_len=seq_len)
     overhead = PAPER_CALL_OVERHEAD_S.get(hardware) or 0.0
     peaks = Peaks.from_spec(hardware, call_overhead_s=overhead)
-    return float(predict_seconds(model_cfg, calls, batch, peaks, 2, method="roofline",
-                                 combine="max"))
+    return float(
+        predict_seconds(model_cfg, calls, batch, peaks, 2, method="roofline", combine="max")
+    )
 
 
 def _side(df: pd.DataFrame, sampler: str, params: dict, seq_len: int, batch: int) -> pd.DataFrame:
@@ -138,10 +145,14 @@ def claims_table(run: str | Path) -> pd.DataFrame:
     for _, c in claims.iterrows():
         tables = {base.loc[c["numerator_row"], "table"], base.loc[c["denominator_row"], "table"]}
         paper_rows = base[base["table"].isin(tables)]
-        Lmap = role_map([int(x) for x in paper_rows["seq_len"].dropna()],
-                        [int(x) for x in df["seq_len"].dropna()])
-        Bmap = role_map([int(x) for x in paper_rows["batch_size"].dropna()],
-                        [int(x) for x in df["batch_size"].dropna()])
+        Lmap = role_map(
+            [int(x) for x in paper_rows["seq_len"].dropna()],
+            [int(x) for x in df["seq_len"].dropna()],
+        )
+        Bmap = role_map(
+            [int(x) for x in paper_rows["batch_size"].dropna()],
+            [int(x) for x in df["batch_size"].dropna()],
+        )
         records.extend(_claim_records(c, df, base, Lmap, Bmap))
     return pd.DataFrame.from_records(records)
 
@@ -149,16 +160,22 @@ def claims_table(run: str | Path) -> pd.DataFrame:
 def _claim_records(c, df, base, Lmap, Bmap) -> list[dict[str, Any]]:
     num_b, den_b = base.loc[c["numerator_row"]], base.loc[c["denominator_row"]]
     rec: dict[str, Any] = {
-        "claim_id": c["claim_id"], "claim": c["claim_text"], "published": c["published_value"],
-        "band_lo": c["band_lo"], "band_hi": c["band_hi"], "hardware": c["hardware"],
+        "claim_id": c["claim_id"],
+        "claim": c["claim_text"],
+        "published": c["published_value"],
+        "band_lo": c["band_lo"],
+        "band_hi": c["band_hi"],
+        "hardware": c["hardware"],
     }
     L_num = Lmap.get(int(num_b["seq_len"])) if not pd.isna(num_b["seq_len"]) else None
     L_den = Lmap.get(int(den_b["seq_len"])) if not pd.isna(den_b["seq_len"]) else None
     B = Bmap.get(int(num_b["batch_size"])) if not pd.isna(num_b["batch_size"]) else None
     if None in (L_num, L_den, B):
         return [{**rec, "status": "not measured: no matching cells in this run"}]
-    rec["mapping"] = (f"L {int(num_b['seq_len'])}→{L_num}, {int(den_b['seq_len'])}→{L_den}; "
-                      f"batch {int(num_b['batch_size'])}→{B}")
+    rec["mapping"] = (
+        f"L {int(num_b['seq_len'])}→{L_num}, {int(den_b['seq_len'])}→{L_den}; "
+        f"batch {int(num_b['batch_size'])}→{B}"
+    )
     num_rows = _side(df, num_b["sampler"], _row_params(num_b), L_num, B)
     den_rows = _side(df, den_b["sampler"], _row_params(den_b), L_den, B)
     if num_rows.empty or den_rows.empty:
@@ -169,15 +186,15 @@ def _claim_records(c, df, base, Lmap, Bmap) -> list[dict[str, Any]]:
     for label, num in _variants(num_rows):
         r = {**rec, "variant": label if num_b["sampler"] == "bd3lm" else ""}
         r["measured"] = num["wall_s"] / den["wall_s"]
-        r["ci_lo"], r["ci_hi"] = bootstrap_ratio_ci(list(num["wall_s_all"]),
-                                                    list(den["wall_s_all"]))
+        r["ci_lo"], r["ci_hi"] = bootstrap_ratio_ci(
+            list(num["wall_s_all"]), list(den["wall_s_all"])
+        )
         r["predicted_here"] = num["predicted_s"] / den["predicted_s"]
         hw = str(c["hardware"])
         try:
-            r["predicted_paper"] = (
-                paper_prediction(num, int(num_b["seq_len"]), int(num_b["batch_size"]), hw)
-                / paper_prediction(den, int(den_b["seq_len"]), int(den_b["batch_size"]), hw)
-            )
+            r["predicted_paper"] = paper_prediction(
+                num, int(num_b["seq_len"]), int(num_b["batch_size"]), hw
+            ) / paper_prediction(den, int(den_b["seq_len"]), int(den_b["batch_size"]), hw)
         except (ValueError, KeyError) as e:
             r["predicted_paper"], r["paper_note"] = math.nan, f"{type(e).__name__}: {e}"
         r.update(verdicts(r))
@@ -210,9 +227,22 @@ def verdicts(r: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-COLUMNS = ["claim_id", "variant", "mapping", "measured", "ci_lo", "ci_hi", "predicted_here",
-           "model_here", "predicted_paper", "published", "band_lo", "band_hi", "model_paper",
-           "status"]
+COLUMNS = [
+    "claim_id",
+    "variant",
+    "mapping",
+    "measured",
+    "ci_lo",
+    "ci_hi",
+    "predicted_here",
+    "model_here",
+    "predicted_paper",
+    "published",
+    "band_lo",
+    "band_hi",
+    "model_paper",
+    "status",
+]
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -236,10 +266,12 @@ def write_report(run: str | Path, out: str | Path | None = None) -> tuple[Path, 
     table = claims_table(run_dir)
     dest = Path(out) if out else run_dir
     dest.mkdir(parents=True, exist_ok=True)
-    md = (f"# Claims report: {run_dir.name}\n\n"
-          f"model_here: measured vs this machine's cost-model prediction (±{MODEL_TOLERANCE:.0%});"
-          " model_paper: the cost model's prediction for the paper's hardware and setting vs the "
-          "published band.\n\n" + to_markdown(table))
+    md = (
+        f"# Claims report: {run_dir.name}\n\n"
+        f"model_here: measured vs this machine's cost-model prediction (±{MODEL_TOLERANCE:.0%});"
+        " model_paper: the cost model's prediction for the paper's hardware and setting vs the "
+        "published band.\n\n" + to_markdown(table)
+    )
     p_md = atomic_write(dest / "claims.md", lambda p: p.write_text(md))
     p_csv = atomic_write(dest / "claims.csv", lambda p: table.to_csv(p, index=False))
     return p_md, p_csv

@@ -24,6 +24,9 @@ from samplers import ar, mdlm_ancestral, mdlm_first_hitting  # noqa: F401
 from samplers.base import SAMPLERS, Sampler, SamplerError, SampleResult
 from samplers.schedules import POLICIES, SCHEDULES, load_entry_points
 
+# Eso-LM (B), its interleaved variant, BD3-LM:
+from samplers import bd3lm_block, esolm, esolm_interleaved  # noqa: F401, E402  isort: skip
+
 load_entry_points()
 
 __all__ = ["POLICIES", "SAMPLERS", "SCHEDULES", "SampleResult", "Sampler", "SamplerError"]

@@ -186,7 +186,8 @@ def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: Any
     """Float64 Gumbel(0, 1) noise −log(−log u), u ~ U(0, 1), drawn on ``device``."""
     u = torch.rand(shape, generator=generator, device=device, dtype=torch.float64)
     tiny = torch.finfo(torch.float64).tiny
-    return -torch.log((-torch.log(u.clamp_min(tiny))).clamp_min(tiny))
+    e = -torch.log(u.clamp_min(tiny))  # Exp(1), > 0
+    return -torch.log(e.clamp_min(tiny))
 
 
 def gumbel_argmax(log_probs: Tensor, generator: torch.Generator) -> Tensor:

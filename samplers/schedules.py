@@ -197,6 +197,12 @@ class LogLinear:
         """Binomial walk; with α0 = 1 the last step takes every remaining token."""
         return binomial_counts(self, n_tokens, num_steps, generator, alpha0)
 
+    def counts_rows(
+        self, n_tokens: int, num_steps: int, rows: int, generator: torch.Generator
+    ) -> Tensor:
+        """``rows`` independent walks at once (optional fast path, see binomial_counts_rows)."""
+        return binomial_counts_rows(self, n_tokens, num_steps, rows, generator)
+
 
 @SCHEDULES.register("cosine")
 class Cosine:
@@ -480,3 +486,30 @@ def load_entry_points() -> list[str]:
             + "\nFix the package named, or uninstall it (pip uninstall <package>)."
         )
     return loaded
+
+
+def binomial_counts_rows(
+    schedule: Schedule,
+    n_tokens: int,
+    num_steps: int,
+    rows: int,
+    generator: torch.Generator,
+    alpha0: float = 1.0,
+) -> Tensor:
+    """``rows`` independent binomial walks drawn together: (rows, T) int64 on the CPU.
+
+    Same law as ``rows`` calls of :func:`binomial_counts` (each token picks its step from
+    :func:`step_probabilities`), drawn in one multinomial call on ``generator``'s device. A
+    schedule may expose it as the optional method ``counts_rows(n_tokens, num_steps, rows,
+    generator)``; samplers that need many independent walks (BD3-LM: one per row and block) use
+    it when present and call ``counts`` per row otherwise.
+    """
+    if n_tokens <= 0 or rows <= 0:
+        return torch.zeros(max(rows, 0), num_steps, dtype=torch.long)
+    probs = step_probabilities(schedule, num_steps, alpha0).to(generator.device)
+    steps = torch.multinomial(
+        probs.expand(rows, -1), n_tokens, replacement=True, generator=generator
+    )  # (rows, n)
+    counts = torch.zeros(rows, num_steps + 1, dtype=torch.long, device=steps.device)
+    counts.scatter_add_(1, steps, torch.ones_like(steps))
+    return counts[:, :num_steps].cpu()

@@ -1,0 +1,504 @@
+"""BD3-LM block sampler: blocks of L′ tokens left to right, each denoised by masked diffusion.
+
+``algorithms.md`` §3.3 (reference: kuleshov-group/bd3lms ``diffusion.py:_semi_ar_sampler``,
+``_ddpm_caching_update``). Per block: append L′ masks (BOS at position 0 of block 0 when the
+model has one), denoise the block against the clean prefix until no mask is left, then run one
+store pass on the clean block so its K/V join the cache.
+
+How many tokens a step commits comes from the schedule, drawn in the plan:
+
+* ``ancestral``: the grid t = 1, 1 − 1/T′, …, 1/T′ with s = t − 1/T′, so the last step fills
+  every mask. **Deviation:** the reference walks ``linspace(1, 0, T′)`` with step 1/T′, whose
+  final t = 0 divides by zero (any mask left then gets an arbitrary token). Per row and block
+  the counts are the schedule's binomial walk; which positions is the ``policy``'s choice
+  (``random`` = uniform, i.e. exactly the ancestral update q = (1 − s/t)·p_x0, q[m] = s/t).
+* ``first_hitting``: one position per call, chosen by the policy, until the block is clean
+  (Zheng et al. 2024; the time t·u^(1/n) is bookkeeping only for a time-agnostic denoiser, so
+  it is not drawn).
+
+No-change cache: the block's logits are reused while x is unchanged over the whole batch. The
+steps where no row commits anything change nothing, so for non-adaptive policies they are
+skipped outright (same tokens in distribution, no call and no noise); every executed step
+therefore changes x and costs one call. ``nfe_denoise`` = denoising calls made, which equals the
+reference's count of steps that changed x; ``nfe_total`` adds one store pass per block.
+
+Cache modes (all give the same tokens for the same seed):
+
+* ``efficient``: ``model.forward_cached(block, start=P, causal=False)``, L′ queries over P + L′
+  keys; store pass = the same call on the clean block with ``return_logits=False``.
+* ``reference``: the bd3lms QKV cache (``forward_cached_reference``); every cached row
+  re-attends as a query (P + L′ queries), as in the published timings.
+* ``none``: the uncached oracle: ``model.forward([prefix ; block])`` under the block-causal
+  mask, last L′ logits; no store pass.
+
+None of the reference's stop-and-resample logic (entropy guard) is implemented.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from harness.configio import ConfigError
+from harness.network import block_causal_mask
+from samplers.base import (
+    SAMPLERS,
+    CallRecord,
+    SamplerError,
+    SampleResult,
+    check_common,
+    check_family,
+    gumbel_argmax,
+    numerics_problems,
+    subs_log_probs,
+    top_p_filter,
+)
+from samplers.schedules import POLICIES, SCHEDULES
+
+GRID_NOTE = (
+    "ancestral grid t = 1 … 1/T' with s = t - 1/T' (final step fills every mask); "
+    "reference: linspace(1, 0, T')"
+)
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BD3LMConfig:
+    """BD3-LM block sampler settings.
+
+    Attributes:
+        block_size: L′, tokens per block; must divide L and equal the model's ``block_size``
+            when the checkpoint records one.
+        steps_per_block: T′, grid steps per block (``ancestral`` only; ``first_hitting``
+            loops until the block is clean).
+        mode: ``ancestral`` or ``first_hitting``.
+        cache: ``efficient`` (block-query K/V cache), ``reference`` (bd3lms QKV cache) or
+            ``none`` (uncached oracle).
+        schedule: name in ``SCHEDULES``; the per-block count walk of ``ancestral``.
+        policy: name in ``POLICIES``; which masked positions a step commits.
+        temperature: divides the logits before sampling.
+        top_p: nucleus mass in (0, 1]; 1 disables nucleus filtering.
+        top_p_convention: ``hf`` or ``strict`` (bd3lms uses ``strict``).
+        profile: network-only timing: the same calls and shapes on placeholder tokens.
+    """
+
+    block_size: int = 4
+    steps_per_block: int = 16
+    mode: Literal["ancestral", "first_hitting"] = "ancestral"
+    cache: Literal["efficient", "reference", "none"] = "efficient"
+    schedule: str = "loglinear"
+    policy: str = "random"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_p_convention: Literal["hf", "strict"] = "hf"
+    profile: bool = False
+
+    def problems(self) -> list[str]:
+        """Every problem with these values, as sentences (empty when valid)."""
+        out = list(numerics_problems(self))
+        for name in ("block_size", "steps_per_block"):
+            val = getattr(self, name)
+            if not isinstance(val, int) or val < 1:
+                out.append(f"'{name}' is {val!r}; it must be an integer >= 1.")
+        if self.mode not in ("ancestral", "first_hitting"):
+            out.append(f"'mode' is {self.mode!r}; allowed: 'ancestral', 'first_hitting'.")
+        if self.cache not in ("efficient", "reference", "none"):
+            out.append(f"'cache' is {self.cache!r}; allowed: 'efficient', 'reference', 'none'.")
+        if self.schedule not in SCHEDULES:
+            out.append(f"'schedule': {SCHEDULES.unknown_message(self.schedule)}")
+        if self.policy not in POLICIES:
+            out.append(f"'policy': {POLICIES.unknown_message(self.policy)}")
+        elif self.profile and POLICIES.get(self.policy).adaptive:
+            out.append(
+                f"'profile' is true with adaptive policy '{self.policy}': its calls depend on "
+                "the model's outputs, so a network-only replay is not faithful. Set profile: "
+                "false, or use a non-adaptive policy such as 'random'."
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Plan
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class BD3Plan:
+    """Everything decided before the timed loop.
+
+    Attributes:
+        batch_size: b.
+        seq_len: L.
+        block_size: L′.
+        bos: BOS id written at position 0, or ``None``.
+        steps: per block, the k of each step to run: (b,) int64 on the model's device (tokens
+            row r commits). Non-adaptive policies list only steps where some row commits.
+        step_means: per block, the batch-mean of each k (for ``SampleResult.step_sizes``).
+        cache: ``KVCache`` / ``QKVCache`` of L rows, or ``None`` (``cache: none``).
+        mask: the (L, L) block-causal pattern for the uncached oracle, else ``None``.
+        nfe_denoise_expected: analytic E[denoising calls] (NaN for adaptive policies).
+        info: extra scalars copied into ``SampleResult.info``.
+    """
+
+    batch_size: int
+    seq_len: int
+    block_size: int
+    bos: int | None
+    steps: list[list[Tensor]]
+    step_means: list[list[float]]
+    cache: Any | None
+    mask: Tensor | None
+    nfe_denoise_expected: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_blocks(self) -> int:
+        """N_b = L / L′."""
+        return self.seq_len // self.block_size
+
+
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator for the schedule's binomial draws, seeded from ``generator`` if needed."""
+    if generator.device.type == "cpu":
+        return generator
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+    return torch.Generator().manual_seed(int(seed.item()))
+
+
+def masked_per_block(seq_len: int, block_size: int, bos: int | None) -> list[int]:
+    """Masks each block starts with: L′, except L′ − 1 for block 0 when BOS is fixed."""
+    n = [block_size] * (seq_len // block_size)
+    if bos is not None:
+        n[0] -= 1
+    return n
+
+
+def block_counts(
+    schedule: Any, n_masked: int, steps_per_block: int, batch_size: int, gen: torch.Generator
+) -> Tensor:
+    """One independent count walk over the T′ grid per row; the last step takes any remainder.
+
+    Uses the schedule's optional vectorised ``counts_rows`` when it has one (loglinear), else
+    calls ``counts`` once per row.
+
+    Returns:
+        (b, T′) int64 on the CPU; each row sums to ``n_masked``.
+    """
+    fast = getattr(schedule, "counts_rows", None)
+    if fast is not None:
+        counts = fast(n_masked, steps_per_block, batch_size, gen).to(torch.long)
+    else:
+        counts = torch.tensor(
+            [
+                [int(v) for v in schedule.counts(n_masked, steps_per_block, gen, 1.0)]
+                for _ in range(batch_size)
+            ],
+            dtype=torch.long,
+        ).view(batch_size, steps_per_block)
+    counts[:, -1] += n_masked - counts.sum(-1)
+    return counts
+
+
+def reveal_probabilities(schedule: Any, steps_per_block: int) -> Tensor:
+    """q_i = P(a token is committed at grid step i), (T′,) float64; the last absorbs 1 − Σq.
+
+    The binomial walk telescopes to q_i = (α_{s_i} − α_{t_i}) / (1 − α_1); loglinear: 1/T′.
+    """
+    t = torch.arange(steps_per_block, 0, -1, dtype=torch.float64) / steps_per_block
+    a_t, a_s = schedule.alpha(t), schedule.alpha(t - 1.0 / steps_per_block)
+    q = ((a_s - a_t) / (1.0 - schedule.alpha(torch.ones((), dtype=torch.float64)))).clamp(0, 1)
+    q[-1] += (1.0 - q.sum()).clamp(min=0.0)
+    return q
+
+
+def expected_denoise_calls(
+    schedule: Any, cfg: BD3LMConfig, batch_size: int, masked: list[int]
+) -> float:
+    """E[denoising calls] = Σ_blocks Σ_i [1 − (1 − q_i)^(b·n_j)]; first-hitting: Σ n_j.
+
+    A grid step costs a call iff at least one of the b·n_j masked tokens of the batch is
+    committed there (the batch version of published-numbers.md §3.3's per-block expectation;
+    loglinear: T′(1 − (1 − 1/T′)^(b·n_j))).
+    """
+    if cfg.mode == "first_hitting":
+        return float(sum(masked))
+    if POLICIES.get(cfg.policy).adaptive:
+        return float("nan")
+    q = reveal_probabilities(schedule, cfg.steps_per_block)
+    return float(sum((1.0 - (1.0 - q) ** (batch_size * n)).sum() for n in masked if n > 0))
+
+
+# --------------------------------------------------------------------------------------------
+# Execute: one block at a time
+# --------------------------------------------------------------------------------------------
+
+
+def block_logits(model: Any, x: Tensor, P: int, plan: BD3Plan, cache_mode: str) -> Tensor:
+    """Denoiser logits for the block x[:, P : P+L′] given the clean prefix, (b, L′, V)."""
+    Lb = plan.block_size
+    if cache_mode == "efficient":
+        return model.forward_cached(x[:, P : P + Lb], plan.cache, start=P, causal=False)
+    if cache_mode == "reference":
+        return model.forward_cached_reference(x[:, P : P + Lb], plan.cache, start=P)
+    end = P + Lb
+    return model.forward(x[:, :end], attn_mask=plan.mask[:end, :end], logits=Lb)
+
+
+def block_call(P: int, Lb: int, cache_mode: str, head: bool) -> CallRecord:
+    """(fed, queries, keys, head rows) of one block call at prefix length P."""
+    if cache_mode == "efficient":
+        return (Lb, Lb, P + Lb, Lb if head else 0)
+    if cache_mode == "reference":
+        return (Lb, P + Lb, P + Lb, Lb if head else 0)
+    return (P + Lb, P + Lb, P + Lb, Lb)
+
+
+def commit(
+    block: Tensor,
+    logits: Tensor,
+    k: Tensor,
+    policy: Any,
+    cfg: BD3LMConfig,
+    mask_id: int,
+    generator: torch.Generator,
+) -> Tensor:
+    """Propose a token for every block position, let the policy pick k masked ones, write them.
+
+    SUBS, top-p and Gumbel-max in float64 over (b, L′, V); clean positions are never changed.
+
+    Returns:
+        (b, L′) bool, the positions committed now.
+    """
+    lp = top_p_filter(
+        subs_log_probs(logits, mask_id, cfg.temperature), cfg.top_p, cfg.top_p_convention
+    )  # (b, L′, V) float64
+    proposal = gumbel_argmax(lp, generator)  # (b, L′)
+    confidence = lp.gather(-1, proposal[..., None]).squeeze(-1).exp()  # (b, L′)
+    masked = block == mask_id
+    chosen = policy.select(confidence, masked, k, generator) & masked
+    block.copy_(torch.where(chosen, proposal, block))
+    return chosen
+
+
+def denoise_block(
+    model: Any,
+    x: Tensor,
+    j: int,
+    plan: BD3Plan,
+    cfg: BD3LMConfig,
+    policy: Any,
+    generator: torch.Generator,
+    calls: list[CallRecord],
+) -> list[float]:
+    """Denoise block j of x (b, L) in place; returns the batch-mean tokens committed per call.
+
+    Non-adaptive policies run exactly the plan's steps, each one changing x (no host sync).
+    Adaptive ones may commit nothing (the logits are then reused: the no-change cache) or
+    fewer than asked; extra steps then ask for every remaining mask until the block is clean.
+    """
+    Lb, mask_id = plan.block_size, model.config.mask_id
+    P = j * Lb
+    block = x[:, P : P + Lb]  # a view: commits write into x
+    logits, sizes = None, []
+    steps = list(plan.steps[j])
+    extra = 0
+    while steps:
+        k = steps.pop(0)
+        if logits is None:
+            logits = block_logits(model, x, P, plan, cfg.cache)
+            calls.append(block_call(P, Lb, cfg.cache, head=True))
+        if cfg.profile:
+            logits = None
+            continue
+        chosen = commit(block, logits, k, policy, cfg, mask_id, generator)
+        if not policy.adaptive:
+            logits = None
+            continue
+        if bool(chosen.any()):
+            logits = None
+            sizes.append(float(chosen.sum(-1).double().mean()))
+        if not steps and bool((block == mask_id).any()):
+            extra += 1
+            if extra > Lb:
+                raise SamplerError(
+                    f"sampler 'bd3lm': policy '{cfg.policy}' left masks in block {j} after "
+                    f"{extra - 1} extra steps that asked for every remaining mask. Use a "
+                    "policy that commits at least one masked position when asked."
+                )
+            steps.append((block == mask_id).sum(-1))
+    return sizes if policy.adaptive else list(plan.step_means[j])
+
+
+def store_block(model: Any, x: Tensor, j: int, plan: BD3Plan, cache_mode: str) -> CallRecord:
+    """Write the clean block's K/V (or QKV) at cache rows [P, P+L′): the store pass."""
+    Lb = plan.block_size
+    P = j * Lb
+    if cache_mode == "efficient":
+        model.forward_cached(
+            x[:, P : P + Lb], plan.cache, start=P, causal=False, return_logits=False
+        )
+    else:
+        model.forward_cached_reference(x[:, P : P + Lb], plan.cache, start=P, return_logits=False)
+    return block_call(P, Lb, cache_mode, head=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler
+# --------------------------------------------------------------------------------------------
+
+
+@SAMPLERS.register("bd3lm")
+class BD3LMSampler:
+    """BD3-LM semi-autoregressive block sampler with exact block caches."""
+
+    name: ClassVar[str] = "bd3lm"
+    families: ClassVar[tuple[str, ...]] = ("bd3lm",)
+    config_class: ClassVar[type] = BD3LMConfig
+
+    def __init__(self, config: BD3LMConfig | None = None) -> None:
+        cfg = config or BD3LMConfig()
+        probs = cfg.problems()
+        if probs:
+            raise ConfigError(probs, f"Invalid config for sampler '{self.name}'")
+        self.config = cfg
+        self.schedule = SCHEDULES.build(cfg.schedule)
+        self.policy = POLICIES.build(cfg.policy)
+
+    def _check_sizes(self, model_config: Any, seq_len: int) -> None:
+        Lb = self.config.block_size
+        if seq_len % Lb:
+            raise SamplerError(
+                f"sampler 'bd3lm': 'block_size' {Lb} does not divide seq_len {seq_len}. "
+                f"Pick a block_size that divides {seq_len}, or change seq_len."
+            )
+        trained = getattr(model_config, "block_size", None)
+        if trained is not None and trained != Lb:
+            raise SamplerError(
+                f"sampler 'bd3lm': 'block_size' is {Lb} but the model was trained with block "
+                f"size {trained}. Set block_size: {trained}, or load a checkpoint trained with "
+                f"block size {Lb}."
+            )
+
+    def _step_plan(
+        self, batch_size: int, masked: list[int], generator: torch.Generator, device: Any
+    ) -> tuple[list[list[Tensor]], list[list[float]]]:
+        """Per block, the k tensor of each step to run and its batch mean."""
+        cfg, adaptive = self.config, self.policy.adaptive
+        gen = host_generator(generator) if cfg.mode == "ancestral" else None
+        steps, means = [], []
+        for n in masked:
+            if n == 0:
+                counts = torch.zeros(batch_size, 0, dtype=torch.long)
+            elif cfg.mode == "first_hitting":
+                counts = torch.ones(batch_size, n, dtype=torch.long)
+            else:
+                counts = block_counts(self.schedule, n, cfg.steps_per_block, batch_size, gen)
+            keep = [i for i in range(counts.shape[1]) if adaptive or bool(counts[:, i].any())]
+            steps.append([counts[:, i].to(device) for i in keep])
+            means.append([float(counts[:, i].double().mean()) for i in keep])
+        return steps, means
+
+    @torch.no_grad()
+    def plan(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> BD3Plan:
+        """Draw every block's step counts and allocate the cache (untimed).
+
+        Raises:
+            SamplerError: wrong model family, sizes < 1, block_size not dividing seq_len, or a
+                block_size other than the one the model was trained with.
+        """
+        check_family(self, model)
+        check_common(batch_size, seq_len)
+        self._check_sizes(model.config, seq_len)
+        cfg, Lb, dev = self.config, self.config.block_size, generator.device
+        bos = model.config.bos_index
+        masked = masked_per_block(seq_len, Lb, bos)
+        steps, means = self._step_plan(batch_size, masked, generator, dev)
+        cache = mask = None
+        if cfg.cache == "efficient":
+            cache = model.new_kv_cache(batch_size, seq_len)
+        elif cfg.cache == "reference":
+            cache = model.new_qkv_cache(batch_size, seq_len, Lb)
+        else:
+            mask = block_causal_mask(seq_len, Lb, dev)
+        expected = expected_denoise_calls(self.schedule, cfg, batch_size, masked)
+        info = {"mode": cfg.mode, "cache": cfg.cache, "policy": cfg.policy, "bos": bos}
+        if cfg.mode == "ancestral":
+            info["grid"] = GRID_NOTE
+        return BD3Plan(batch_size, seq_len, Lb, bos, steps, means, cache, mask, expected, info)
+
+    @torch.no_grad()
+    def execute(self, model: Any, plan: BD3Plan, *, generator: torch.Generator) -> SampleResult:
+        """The timed loop over blocks; replayable (the cache is reset first).
+
+        Raises:
+            SamplerError: an adaptive policy left masks in a block (names the block).
+        """
+        cfg = self.config
+        if plan.cache is not None:
+            plan.cache.reset()
+        x = torch.full(
+            (plan.batch_size, plan.seq_len),
+            model.config.mask_id,
+            dtype=torch.long,
+            device=generator.device,
+        )
+        if plan.bos is not None:
+            x[:, 0] = plan.bos
+        calls: list[CallRecord] = []
+        sizes: list[float] = []
+        stores = 0
+        for j in range(plan.n_blocks):
+            sizes += denoise_block(model, x, j, plan, cfg, self.policy, generator, calls)
+            if plan.cache is not None:
+                calls.append(store_block(model, x, j, plan, cfg.cache))
+                stores += 1
+        nfe_denoise = len(calls) - stores
+        return SampleResult(
+            tokens=x,
+            nfe_denoise=nfe_denoise,
+            nfe_total=len(calls),
+            token_forwards=sum(c[0] for c in calls),
+            step_sizes=sizes,
+            calls=calls,
+            info={
+                **plan.info,
+                "nfe_expected": plan.nfe_denoise_expected + stores,
+                "nfe_denoise_expected": plan.nfe_denoise_expected,
+                "store_passes": stores,
+                "profile": bool(cfg.profile),
+            },
+        )
+
+    def sample(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> SampleResult:
+        """``plan`` then ``execute``."""
+        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        return self.execute(model, plan, generator=generator)
+
+    def expected_calls(
+        self, model_config: Any, *, batch_size: int, seq_len: int
+    ) -> list[CallRecord]:
+        """Per block, round(E[denoising calls]) block calls (cumulative rounding), then a store."""
+        self._check_sizes(model_config, seq_len)
+        cfg, Lb = self.config, self.config.block_size
+        masked = masked_per_block(seq_len, Lb, getattr(model_config, "bos_index", None))
+        calls: list[CallRecord] = []
+        done, acc = 0, 0.0
+        for j, n in enumerate(masked):
+            e = expected_denoise_calls(self.schedule, cfg, batch_size, [n])
+            acc += n if math.isnan(e) else e  # adaptive: at most one call per token
+            calls += [block_call(j * Lb, Lb, cfg.cache, head=True)] * (round(acc) - done)
+            done = round(acc)
+            if cfg.cache != "none":
+                calls.append(block_call(j * Lb, Lb, cfg.cache, head=False))
+        return calls

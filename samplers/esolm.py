@@ -1,0 +1,431 @@
+"""Eso-LM (B): causal attention over a permuted order π, with an exact one-step-lag KV cache.
+
+``algorithms.md`` §3.4 (reference: s-sahoo/Eso-LMs ``algo.py:EsoLM.generate_samples``).
+
+Plan (untimed): draw the step sizes K from the schedule's binomial walk with α_t scaled by
+α0_eval (zeros dropped, then L − n_MDM sequential steps of one token), draw one π per sample with
+its sequential tail re-sorted ascending, gather the rotary tables by π once, allocate the cache.
+
+Execute (timed): for each step of size k, feed the k_prev tokens committed last step followed by
+the k masks decoded now; their K/V land at cache rows [n_c, n_c + k_prev + k) and the head runs
+on the last k rows; sample; n_c += k_prev. The uncached oracle (``kv_cache: false``) recomputes
+the whole π-sorted prefix with a plain causal forward each step. Finally un-permute.
+
+The loop (:func:`decode`) and the plan pieces are shared with the interleaved ("subcontext")
+sampler in :mod:`samplers.esolm_interleaved`, which builds another π and K and runs the same loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from harness.configio import ConfigError
+from samplers.base import (
+    SAMPLERS,
+    CallRecord,
+    SampleResult,
+    check_common,
+    check_family,
+    numerics_problems,
+    sample_tokens,
+)
+from samplers.schedules import SCHEDULES
+
+# --------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EsoLMConfig:
+    """Eso-LM (B) sampler settings.
+
+    Attributes:
+        num_steps: T, grid steps of the diffusion phase (the paper's 16 … 4096).
+        alpha0_eval: α0, expected fraction of tokens decoded by diffusion; the remaining
+            ≈ (1 − α0)·L tokens are decoded one per step, left to right (sequential phase).
+        schedule: name in ``SCHEDULES`` giving α_t (scaled by α0).
+        kv_cache: ``true`` = the one-step-lag K/V cache; ``false`` = the uncached oracle that
+            re-encodes the whole π-sorted prefix every step (same tokens for the same seed).
+        temperature: divides the logits before sampling.
+        top_p: nucleus mass in (0, 1]; 1 disables nucleus filtering.
+        top_p_convention: ``hf`` (keep the token crossing p, Eso-LMs) or ``strict``.
+        profile: network-only timing: the same calls and shapes on placeholder tokens.
+    """
+
+    num_steps: int = 128
+    alpha0_eval: float = 1.0
+    schedule: str = "loglinear"
+    kv_cache: bool = True
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_p_convention: Literal["hf", "strict"] = "hf"
+    profile: bool = False
+
+    def problems(self) -> list[str]:
+        """Every problem with these values, as sentences (empty when valid)."""
+        out = list(numerics_problems(self))
+        if not isinstance(self.num_steps, int) or self.num_steps < 1:
+            out.append(f"'num_steps' is {self.num_steps!r}; it must be an integer >= 1.")
+        if not 0.0 <= self.alpha0_eval <= 1.0:
+            out.append(
+                f"'alpha0_eval' is {self.alpha0_eval}; it must lie in [0, 1] "
+                "(1 = all diffusion, 0 = all sequential)."
+            )
+        if self.schedule not in SCHEDULES:
+            out.append(f"'schedule': {SCHEDULES.unknown_message(self.schedule)}")
+        return out
+
+
+def check_config(name: str, config: Any) -> Any:
+    """Raise one :class:`ConfigError` listing every problem of ``config``; return it."""
+    probs = config.problems()
+    if probs:
+        raise ConfigError(probs, f"Invalid config for sampler '{name}'")
+    return config
+
+
+# --------------------------------------------------------------------------------------------
+# Plan: step sizes K, order π, rotary tables, cache
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EsoPlan:
+    """Everything decided before the timed loop.
+
+    Attributes:
+        order: π, (b, L) int64 on the model's device; ``order[r, j]`` is the natural position
+            decoded j-th in row r.
+        steps: K, tokens committed per step (shared by the batch); sums to L.
+        n_mdm: tokens decoded by diffusion steps; the last L − n_mdm steps have size 1.
+        rope: rotary (cos, sin) gathered by π, (b, L, 1, d_h) each; ``None`` when uncached.
+        cache: the K/V cache of L rows; ``None`` when uncached.
+        nfe_expected: analytic E[len(K)] for this configuration.
+        info: extra scalars copied into ``SampleResult.info``.
+    """
+
+    order: Tensor
+    steps: list[int]
+    n_mdm: int
+    rope: tuple[Tensor, Tensor] | None
+    cache: Any | None
+    nfe_expected: float
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        """b."""
+        return self.order.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        """L."""
+        return self.order.shape[1]
+
+
+def host_generator(generator: torch.Generator) -> torch.Generator:
+    """A CPU generator for the schedule's binomial draws (``binomial_counts`` needs one).
+
+    A CPU ``generator`` is used as is; a device generator seeds a fresh CPU one from one draw of
+    its own stream, so the plan stays a pure function of the seed.
+    """
+    if generator.device.type == "cpu":
+        return generator
+    seed = torch.randint(0, 2**62, (1,), generator=generator, device=generator.device)
+    return torch.Generator().manual_seed(int(seed.item()))
+
+
+def step_sizes(
+    schedule: Any, seq_len: int, num_steps: int, generator: torch.Generator, alpha0: float
+) -> tuple[list[int], int]:
+    """K = non-zero diffusion counts, then (L − n_MDM) ones (algorithms.md §3.4, steps 2–3).
+
+    With α0 = 1 any tokens the walk leaves behind are decoded in one extra step.
+
+    Returns:
+        (K, n_MDM); sum(K) = L.
+    """
+    counts = schedule.counts(seq_len, num_steps, host_generator(generator), alpha0)
+    steps = [int(c) for c in counts if c > 0]
+    n_mdm = sum(steps)
+    rest = seq_len - n_mdm
+    if rest < 0:
+        raise ValueError(f"schedule '{schedule.name}' unmasked {n_mdm} > L = {seq_len} tokens")
+    if rest and alpha0 >= 1.0:
+        return steps + [rest], seq_len
+    return steps + [1] * rest, n_mdm
+
+
+def random_order(batch_size: int, seq_len: int, n_mdm: int, generator: torch.Generator) -> Tensor:
+    """π: one uniform permutation per sample, its last L − n_MDM entries sorted ascending.
+
+    Returns:
+        (b, L) int64 on ``generator``'s device.
+    """
+    keys = torch.rand(
+        (batch_size, seq_len), generator=generator, device=generator.device, dtype=torch.float64
+    )
+    order = keys.argsort(dim=-1)  # (b, L)
+    order[:, n_mdm:] = order[:, n_mdm:].sort(dim=-1).values
+    return order
+
+
+def reveal_probabilities(schedule: Any, num_steps: int, alpha0: float) -> Tensor:
+    """q_i: probability that a token masked at t = 1 is unmasked at grid step i, (T,) float64.
+
+    The binomial walk with p_i = (α_s − α_t)/(1 − α_t) telescopes to
+    q_i = (α_{s_i} − α_{t_i}) / (1 − α_{t=1}); 1 − Σq is the chance of reaching the sequential
+    phase (≈ 1 − α0).
+    """
+    t = torch.arange(num_steps, 0, -1, dtype=torch.float64) / num_steps
+    a_t = alpha0 * schedule.alpha(t)
+    a_s = alpha0 * schedule.alpha(t - 1.0 / num_steps)
+    denom = float(1.0 - alpha0 * schedule.alpha(torch.ones((), dtype=torch.float64)))
+    if denom <= 0:
+        return torch.zeros(num_steps, dtype=torch.float64)
+    return ((a_s - a_t) / denom).clamp(0.0, 1.0)
+
+
+def expected_nfe(schedule: Any, seq_len: int, num_steps: int, alpha0: float) -> float:
+    """E[len(K)] = Σ_i [1 − (1 − q_i)^L] + E[sequential steps] (algorithms.md §3.4).
+
+    The counts are multinomial(L; q_1 … q_T, 1 − Σq), so step i is non-empty with probability
+    1 − (1 − q_i)^L. The sequential phase adds L(1 − Σq) single steps, or, with α0 = 1, one
+    extra step with probability 1 − (Σq)^L. For loglinear, α0 = 1: T(1 − (1 − 1/T)^L).
+    """
+    q = reveal_probabilities(schedule, num_steps, alpha0)
+    diffusion = float((1.0 - (1.0 - q) ** seq_len).sum())
+    reach = float(q.sum().clamp(max=1.0))
+    if alpha0 >= 1.0:
+        return diffusion + (1.0 - reach**seq_len)
+    return diffusion + seq_len * (1.0 - reach)
+
+
+def prepare(
+    model: Any,
+    order: Tensor,
+    steps: list[int],
+    n_mdm: int,
+    *,
+    kv_cache: bool,
+    nfe_expected: float,
+    info: dict[str, Any] | None = None,
+) -> EsoPlan:
+    """Gather the rotary tables by π once and allocate the L-row cache (cached path only)."""
+    b, L = order.shape
+    rope = cache = None
+    if kv_cache:
+        rope = model.rotary_emb.tables(order)  # (b, L, 1, d_h) each
+        cache = model.new_kv_cache(b, L)
+    return EsoPlan(order, steps, n_mdm, rope, cache, nfe_expected, dict(info or {}))
+
+
+# --------------------------------------------------------------------------------------------
+# Execute: the step loop
+# --------------------------------------------------------------------------------------------
+
+
+def commit(
+    x_pi: Tensor, u: int, logits: Tensor, cfg: Any, mask_id: int, generator: torch.Generator
+) -> None:
+    """Sample the k tokens decoded now (float64 Gumbel over (b, k, V)) into x_π[:, u : u+k]."""
+    k = logits.shape[1]
+    x_pi[:, u : u + k] = sample_tokens(
+        logits,
+        mask_id,
+        generator,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        convention=cfg.top_p_convention,
+    )
+
+
+def decode_cached(
+    model: Any, x_pi: Tensor, plan: EsoPlan, cfg: Any, generator: torch.Generator
+) -> list[CallRecord]:
+    """The one-step-lag cached loop of algorithms.md §3.4; fills x_π (b, L) in place.
+
+    Each call feeds x_π[u − k_prev : u + k]: the k_prev tokens committed last step (their K/V
+    written now over last step's provisional mask rows) and the k masks decoded now.
+    """
+    cos, sin = plan.rope
+    mask_id = model.config.mask_id
+    calls: list[CallRecord] = []
+    u, k_prev, n_c = 0, 0, 0
+    for k in plan.steps:
+        rows = slice(u - k_prev, u + k)
+        logits = model.forward_cached(
+            x_pi[:, rows],
+            plan.cache,
+            start=n_c,
+            causal=True,
+            rope=(cos[:, rows], sin[:, rows]),
+            logits=k,
+        )  # (b, k, V)
+        calls.append((k_prev + k, k_prev + k, n_c + k_prev + k, k))
+        if not cfg.profile:
+            commit(x_pi, u, logits, cfg, mask_id, generator)
+        n_c += k_prev
+        u, k_prev = u + k, k
+    return calls
+
+
+def decode_uncached(
+    model: Any, x_pi: Tensor, plan: EsoPlan, cfg: Any, generator: torch.Generator
+) -> list[CallRecord]:
+    """The oracle: each step a plain causal forward over the π-sorted x_π[:, :u+k].
+
+    Rotary positions are π itself, so every token keeps the angle of its natural position.
+    """
+    mask_id = model.config.mask_id
+    calls: list[CallRecord] = []
+    u = 0
+    for k in plan.steps:
+        logits = model.forward(
+            x_pi[:, : u + k], positions=plan.order[:, : u + k], is_causal=True, logits=k
+        )  # (b, k, V)
+        calls.append((u + k, u + k, u + k, k))
+        if not cfg.profile:
+            commit(x_pi, u, logits, cfg, mask_id, generator)
+        u += k
+    return calls
+
+
+def unpermute(x_pi: Tensor, order: Tensor) -> Tensor:
+    """x[r, π[r, j]] = x_π[r, j]: (b, L) in π order → (b, L) in natural order."""
+    return torch.empty_like(x_pi).scatter_(1, order, x_pi)
+
+
+def decode(model: Any, plan: EsoPlan, cfg: Any, generator: torch.Generator) -> SampleResult:
+    """Run a plan (cached or uncached per ``plan.cache``) and package the result.
+
+    Shared by ``esolm`` and ``esolm_block``; ``cfg`` needs ``temperature``, ``top_p``,
+    ``top_p_convention`` and ``profile``.
+    """
+    b, L = plan.batch_size, plan.seq_len
+    x_pi = torch.full((b, L), model.config.mask_id, dtype=torch.long, device=plan.order.device)
+    if plan.cache is not None:
+        plan.cache.reset()
+        calls = decode_cached(model, x_pi, plan, cfg, generator)
+    else:
+        calls = decode_uncached(model, x_pi, plan, cfg, generator)
+    nfe = len(plan.steps)
+    info = {
+        **plan.info,
+        "n_mdm": plan.n_mdm,
+        "k_last": plan.steps[-1],
+        "nfe_expected": plan.nfe_expected,
+        "kv_cache": plan.cache is not None,
+        "profile": bool(cfg.profile),
+        "outside_timer": "step sizes, order, rotary tables gathered by order, cache allocation",
+    }
+    return SampleResult(
+        tokens=unpermute(x_pi, plan.order),
+        nfe_denoise=nfe,
+        nfe_total=nfe,
+        token_forwards=sum(c[0] for c in calls),
+        step_sizes=list(plan.steps),
+        calls=calls,
+        info=info,
+    )
+
+
+def step_calls(steps: list[int], seq_len: int, kv_cache: bool) -> list[CallRecord]:
+    """The call records that ``decode`` produces for step sizes ``steps`` (no network)."""
+    calls: list[CallRecord] = []
+    u, k_prev, n_c = 0, 0, 0
+    for k in steps:
+        if kv_cache:
+            calls.append((k_prev + k, k_prev + k, n_c + k_prev + k, k))
+        else:
+            calls.append((u + k, u + k, u + k, k))
+        n_c += k_prev
+        u, k_prev = u + k, k
+    assert u == seq_len, f"step sizes sum to {u}, expected L = {seq_len}"
+    return calls
+
+
+def even_split(total: int, parts: int) -> list[int]:
+    """``total`` tokens over ``parts`` steps as evenly as possible (sizes differ by ≤ 1)."""
+    if parts <= 0:
+        return []
+    base, extra = divmod(total, parts)
+    return [base + (i < extra) for i in range(parts)]
+
+
+# --------------------------------------------------------------------------------------------
+# The sampler
+# --------------------------------------------------------------------------------------------
+
+
+@SAMPLERS.register("esolm")
+class EsoLMSampler:
+    """Eso-LM (B) with a binomial-walk diffusion phase and a left-to-right sequential phase."""
+
+    name: ClassVar[str] = "esolm"
+    families: ClassVar[tuple[str, ...]] = ("esolm",)
+    config_class: ClassVar[type] = EsoLMConfig
+
+    def __init__(self, config: EsoLMConfig | None = None) -> None:
+        """Build from ``config`` (defaults when ``None``).
+
+        Raises:
+            ConfigError: listing every problem of the config.
+        """
+        self.config = check_config(self.name, config or EsoLMConfig())
+        self.schedule = SCHEDULES.build(self.config.schedule)
+
+    @torch.no_grad()
+    def plan(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> EsoPlan:
+        """Draw K and π, gather rotary by π, allocate the cache (untimed).
+
+        Raises:
+            SamplerError: wrong model family, or batch_size / seq_len < 1.
+        """
+        check_family(self, model)
+        check_common(batch_size, seq_len)
+        cfg = self.config
+        steps, n_mdm = step_sizes(self.schedule, seq_len, cfg.num_steps, generator, cfg.alpha0_eval)
+        order = random_order(batch_size, seq_len, n_mdm, generator)
+        expected = expected_nfe(self.schedule, seq_len, cfg.num_steps, cfg.alpha0_eval)
+        return prepare(
+            model,
+            order,
+            steps,
+            n_mdm,
+            kv_cache=cfg.kv_cache,
+            nfe_expected=expected,
+            info={"alpha0_eval": cfg.alpha0_eval, "schedule": cfg.schedule},
+        )
+
+    @torch.no_grad()
+    def execute(self, model: Any, plan: EsoPlan, *, generator: torch.Generator) -> SampleResult:
+        """The timed loop; replayable (the cache is reset first)."""
+        return decode(model, plan, self.config, generator)
+
+    def sample(
+        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+    ) -> SampleResult:
+        """``plan`` then ``execute``."""
+        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        return self.execute(model, plan, generator=generator)
+
+    def expected_calls(
+        self, model_config: Any, *, batch_size: int, seq_len: int
+    ) -> list[CallRecord]:
+        """Calls for the expected K: E[#diffusion steps] steps sharing E[n_MDM], then ones."""
+        cfg = self.config
+        q = reveal_probabilities(self.schedule, cfg.num_steps, cfg.alpha0_eval)
+        n_steps = round(float((1.0 - (1.0 - q) ** seq_len).sum()))
+        n_mdm = seq_len if cfg.alpha0_eval >= 1.0 else round(seq_len * float(q.sum()))
+        n_mdm = min(max(n_mdm, n_steps), seq_len)
+        steps = even_split(n_mdm, max(n_steps, 1 if n_mdm else 0))
+        steps += [1] * (seq_len - sum(steps))
+        return step_calls(steps, seq_len, cfg.kv_cache)
