@@ -189,6 +189,18 @@ def detect_layout(path: Path) -> str:
     )
 
 
+def random_special_ids(vocab_size: int) -> dict[str, Any]:
+    """Special ids of a random-weight model: a known tokenizer's, else BOS = EOS = V − 2.
+
+    V − 2 is the last id before the mask, which is where GPT-2 + mask puts them (50 256 of
+    50 258), so AR and BD3-LM samplers have a BOS to start from on any random model.
+    """
+    known = dict(_KNOWN_VOCABS.get(vocab_size, {}))
+    if not known and vocab_size >= 2:
+        known = {"bos_index": vocab_size - 2, "eos_index": vocab_size - 2}
+    return known
+
+
 def build_random_model(
     size: str,
     family: str,
@@ -220,7 +232,7 @@ def build_random_model(
             f"random:{size}: unknown family '{family}'.{did_you_mean(family, FAMILIES)} "
             f"Allowed: {', '.join(FAMILIES)}."
         )
-    known = {k: v for k, v in _KNOWN_VOCABS.get(vocab_size, {}).items() if k != "mask_index"}
+    known = {k: v for k, v in random_special_ids(vocab_size).items() if k != "mask_index"}
     cfg = _make_config(
         f"random:{size}",
         dict(

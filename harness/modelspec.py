@@ -32,7 +32,10 @@ def random_config(
     """
     if size not in MODEL_SIZES:
         raise ValueError(MODEL_SIZES.unknown_message(size))
-    cfg = DiTConfig.from_size(size, family=family, vocab_size=vocab_size, **(overrides or {}))
+    ids = {k: v for k, v in checkpoints.random_special_ids(vocab_size).items() if k != "tokenizer"}
+    cfg = DiTConfig.from_size(
+        size, family=family, vocab_size=vocab_size, **{**ids, **(overrides or {})}
+    )
     cfg.check()
     return cfg
 
