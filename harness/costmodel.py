@@ -55,6 +55,7 @@ import os
 import platform
 import tempfile
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, fields
@@ -433,6 +434,7 @@ def measure_peaks(
     cached = _read_json("peaks.json").get(key)
     if cached and not refresh:
         return Peaks(**cached)
+    load = _warn_if_loaded(f"{device} peaks") if device.startswith("cpu") else math.nan
     flops, n = _matmul_peak(device, dtype)
     bw, nbytes = _copy_bandwidth(device, dtype)
     peaks = Peaks(
@@ -443,7 +445,8 @@ def measure_peaks(
         dtype=_dtype_name(dtype),
         source=(
             f"measured {time.strftime('%Y-%m-%d %H:%M')}: best of 5 {n}x{n} matmuls, best of 5 "
-            f"copies of {nbytes >> 20} MiB; threads={torch.get_num_threads()}"
+            f"copies of {nbytes >> 20} MiB; threads={torch.get_num_threads()}; "
+            f"load per CPU {load:.2f}"
         ),
     )
     _merge_json("peaks.json", key, asdict(peaks))
@@ -495,6 +498,7 @@ class MicroTable:
         dtype: the dtype of weights and activations.
         measure: replaces the real measurement, ``(kind, shape tuple) -> seconds`` (tests).
         persist: read and write the JSON cache (default: only when ``measure`` is not given).
+        refresh: ignore stored points (re-measure each on first use, then overwrite).
     """
 
     def __init__(
@@ -504,13 +508,15 @@ class MicroTable:
         *,
         measure: Callable[[str, tuple[int, ...]], float] | None = None,
         persist: bool | None = None,
+        refresh: bool = False,
     ) -> None:
         self.device = device
         self.dtype = _resolve_dtype(dtype)
         self.key = measurement_key(device, self.dtype)
         self.persist = (measure is None) if persist is None else persist
         self._measure = measure or self._measure_op
-        stored = _read_json("microtable.json").get(self.key, {}) if self.persist else {}
+        keep = self.persist and not refresh
+        stored = _read_json("microtable.json").get(self.key, {}) if keep else {}
         self.points: dict[str, float] = dict(stored)
         self._dirty = False
 
@@ -558,6 +564,8 @@ class MicroTable:
     def _point(self, kind: str, shape: tuple[int, ...]) -> float:
         name = f"{kind}:{','.join(map(str, shape))}"
         if name not in self.points:
+            if not self._dirty and self._measure == self._measure_op:
+                _warn_if_loaded("op times")
             self.points[name] = float(self._measure(kind, shape))
             self._dirty = True
         return self.points[name]
@@ -609,6 +617,7 @@ class CallCalibration:
         device: where measured.
         dtype: the model's dtype.
         threads: torch threads during the measurement.
+        load: 1-minute load average per usable CPU when measured (see :func:`machine_load`).
     """
 
     fixed_s: float
@@ -619,6 +628,7 @@ class CallCalibration:
     device: str
     dtype: str
     threads: int
+    load: float = math.nan
 
 
 def _config_key(cfg: DiTConfig) -> str:
@@ -646,24 +656,53 @@ def _model_device_dtype(model: Any) -> tuple[str, torch.dtype]:
 
 
 def _time_model_calls(model: Any, n: int, device: str) -> tuple[float, float]:
-    """Best seconds of a 1-token cached call and of an ``n``-token bidirectional cached call."""
+    """Best seconds of a 1-token cached call and of an ``n``-token bidirectional cached call.
+
+    The two are sampled alternately, so a change of machine load affects both alike.
+    """
     cache = model.new_kv_cache(1, n)
     g = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randint(0, model.config.vocab_size - 1, (1, n), generator=g).to(device)
+    t1: list[float] = []
+    tn: list[float] = []
     with torch.inference_mode():
-        t1 = time_samples(
-            lambda: model.forward_cached(x[:, :1], cache, start=0, causal=True),
-            device,
-            sample_s=0.01,
-            samples=CALIBRATION_SAMPLES,
-        )
-        tn = time_samples(
-            lambda: model.forward_cached(x, cache, start=0, causal=False),
-            device,
-            sample_s=0.01,
-            samples=CALIBRATION_SAMPLES,
-        )
+        for _ in range(max(1, CALIBRATION_SAMPLES // 3)):
+            t1 += time_samples(
+                lambda: model.forward_cached(x[:, :1], cache, start=0, causal=True),
+                device,
+                sample_s=0.01,
+                samples=3,
+            )
+            tn += time_samples(
+                lambda: model.forward_cached(x, cache, start=0, causal=False),
+                device,
+                sample_s=0.01,
+                samples=3,
+            )
     return min(t1), min(tn)
+
+
+def machine_load() -> float:
+    """1-minute load average per usable CPU (NaN where unknown); > 1 means oversubscribed."""
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    try:
+        return os.getloadavg()[0] / usable
+    except (AttributeError, OSError):
+        return math.nan
+
+
+def _warn_if_loaded(what: str) -> float:
+    load = machine_load()
+    if load > 0.8:
+        warnings.warn(
+            f"measuring {what} while the machine's load is {load:.1f} per CPU: the cached numbers "
+            "will be slow. Re-measure on a quiet machine (refresh=True).",
+            stacklevel=3,
+        )
+    return load
 
 
 def calibrate_calls(
@@ -711,6 +750,7 @@ def calibrate_calls(
     if cached and not refresh:
         return CallCalibration(**cached)
     n = CALIBRATION_TOKENS
+    load = _warn_if_loaded(f"the call overhead of {_config_key(model.config)}")
     t1, tn = _time_model_calls(model, n, device)
     cfg = model.config
     if torch.device(device).type == "cpu":
@@ -725,7 +765,7 @@ def calibrate_calls(
         s = torch.empty((), dtype=dtype).element_size()
         per_tok, fixed = 0.0, max(0.0, t1 - _roofline_compute_s(cfg, (1, 1, 1, 1), 1, peaks, s))
     cal = CallCalibration(
-        fixed, per_tok, t1, n, tn, device, _dtype_name(dtype), torch.get_num_threads()
+        fixed, per_tok, t1, n, tn, device, _dtype_name(dtype), torch.get_num_threads(), load
     )
     _merge_json("calibration.json", key, asdict(cal))
     return cal
