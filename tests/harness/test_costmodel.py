@@ -495,3 +495,29 @@ def test_calibration_refuses_a_model_elsewhere():
     model = tiny_model("mdlm")
     with pytest.raises(ValueError, match="bfloat16.*float32"):
         cm.calibrate_calls(model, "cpu", torch.bfloat16)
+
+
+def test_measurement_clock_is_thread_cpu_time_only_for_one_cpu_thread():
+    import time
+
+    assert cm.measurement_clock("cpu") is time.thread_time  # the fixture set one thread
+    torch.set_num_threads(2)
+    assert cm.measurement_clock("cpu") is time.perf_counter
+    assert cm.measurement_clock("cuda:0") is time.perf_counter
+
+
+@pytest.mark.gpu
+def test_gpu_peaks_and_calibration_on_a_real_device():
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    p = cm.measure_peaks("cuda", torch.bfloat16)
+    assert p.flops_per_s > 1e12 and p.bytes_per_s > 1e11 and not p.is_cpu
+    model = cpu_s_model("esolm").to("cuda", torch.bfloat16).freeze_conditioning()
+    cal = cm.calibrate_calls(model, peaks=p)
+    assert cal.fixed_s > 0 and cal.per_token_s == 0 and cal.clock == "perf_counter"
+    got = predict_breakdown(model.config, [(1, 1, 1, 1)], 1, p, 2, model)
+    assert got["method_roofline_max"] == 1.0  # CUDA: the roofline, max-combined
+    assert got["predicted_s"] == pytest.approx(
+        max(got["overhead_s"], got["compute_s"], got["memory_s"])
+    )
+    assert got["predicted_s"] == pytest.approx(cal.one_token_s, rel=1e-6)

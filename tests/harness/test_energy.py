@@ -170,3 +170,21 @@ def test_handle_honours_cuda_visible_devices(clock, monkeypatch):
     assert nv.handles == [("index", 3), ("uuid", "GPU-abc"), ("index", 0), ("index", 2)]
     with pytest.raises(ValueError, match="'cpu' is not a CUDA device"):
         nvml_handle(nv, "cpu")
+
+
+@pytest.mark.gpu
+def test_real_gpu_window_reports_energy():
+    import torch
+
+    if not torch.cuda.is_available() or energy.nvml_module() is None:
+        pytest.skip("no CUDA device with NVML")
+    meter = EnergyMeter("cuda:0")
+    a = torch.randn(4096, 4096, device="cuda")
+    torch.cuda.synchronize()
+    meter.start()
+    for _ in range(200):
+        a = a @ a / 64
+    torch.cuda.synchronize()
+    row = meter.stop()
+    assert row["energy_method"] in ("nvml_counter", "power_integration")
+    assert row["energy_j"] > 0 and row["power_w_mean"] > 0
