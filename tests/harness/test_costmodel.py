@@ -489,6 +489,10 @@ def test_calibration_of_a_real_tiny_model_is_cached_and_used(monkeypatch):
     assert one["method_table"] == 1.0 and one["overhead_s"] == cal.fixed_s
     roof = predict_breakdown(model.config, [(1, 1, 1, 1)], 1, peaks, 4, model, method="roofline")
     assert roof["predicted_s"] == pytest.approx(cal.one_token_s)  # overhead = t1 − its compute
+    roof_max = predict_breakdown(
+        model.config, [(1, 1, 1, 1)], 1, peaks, 4, model, method="roofline", combine="max"
+    )
+    assert roof_max["predicted_s"] == pytest.approx(cal.one_token_s)  # overhead = t1
 
 
 def test_calibration_refuses_a_model_elsewhere():
@@ -513,7 +517,7 @@ def test_gpu_peaks_and_calibration_on_a_real_device():
     p = cm.measure_peaks("cuda", torch.bfloat16)
     assert p.flops_per_s > 1e12 and p.bytes_per_s > 1e11 and not p.is_cpu
     model = cpu_s_model("esolm").to("cuda", torch.bfloat16).freeze_conditioning()
-    cal = cm.calibrate_calls(model, peaks=p)
+    cal = cm.calibrate_calls(model)
     assert cal.fixed_s > 0 and cal.per_token_s == 0 and cal.clock == "perf_counter"
     got = predict_breakdown(model.config, [(1, 1, 1, 1)], 1, p, 2, model)
     assert got["method_roofline_max"] == 1.0  # CUDA: the roofline, max-combined
