@@ -26,24 +26,45 @@ at ``dtype_bytes`` s per element:
   attention reads the query and writes the output, ``(10 + 2r)·d`` elements (elementwise ops are
   taken as fused); the head reads ``d`` and writes ``V`` per head row (logits kept separately).
 
-**Time models** (:func:`predict_seconds`):
+**Time models** (:func:`predict_seconds`; network calls only: the sampling arithmetic of a
+full-mode run (SUBS, top-p, Gumbel, commits) is not in a ``CallRecord`` and is not predicted):
 
 * ``roofline`` (any hardware, also hand-built :class:`Peaks` for the paper's A6000 / H200): per
   call, compute = FLOPs / ``flops_per_s``, memory = bytes / ``bytes_per_s``, overhead = fixed per
   call. ``combine="max"``: max(compute, memory, overhead), the GPU picture where the host enqueues
   kernels asynchronously and its overhead hides behind device work (or the reverse).
   ``combine="sum"``: overhead + max(compute, memory), the CPU picture: one thread dispatches and
-  computes, so nothing overlaps. Default: ``sum`` on CPU, ``max`` on CUDA.
-* ``table`` (CPU): per call, fixed overhead + per-token elementwise time + the time of each GEMM and
-  each attention call read from a :class:`MicroTable` of measured op times (interpolated over a
-  power-of-two grid of sizes). A single large-matmul peak overpredicts the speed of the skinny
-  GEMMs of a d = 128 model by 2-10× at 1-16 rows, and SDPA runs below the GEMM peak; the table
-  measures what the network actually executes. Calibration comes only from micro-measurements:
-  the table's op timings and two calls of the architecture itself (:func:`calibrate_calls`),
-  never from sampler timings.
+  computes, so nothing overlaps. Default: ``sum`` on CPU, ``max`` on CUDA. With ``model=`` the
+  overhead is measured (:func:`calibrate_calls`) so that the model reproduces a 1-token call.
+* ``table`` (CPU; the default there when ``model=`` is given): per call, fixed overhead +
+  per-token elementwise time + the time of each GEMM and each attention call read from a
+  :class:`MicroTable` of measured op times (interpolated over a power-of-two grid of sizes).
+  Calibration comes only from micro-measurements: the table's op timings and two calls of the
+  architecture itself (:func:`calibrate_calls`), never from sampler timings.
+
+Evidence (2-vCPU AMD EPYC dev box, torch 2.13 CPU, fp32, one thread, cpu-s with V = 8193, batch
+1; ``tests/bench/test_costmodel_bench.py``):
+
+* A single large-matmul peak (1024², ≈ 105-111 GFLOP/s) overpredicts the speed of the model's
+  skinny GEMMs: a d = 128 linear runs at 10-25 GFLOP/s on 1 row, 28-50 on 4, ≈ 85 on 16 and
+  reaches the peak only from ≈ 64 rows; the V = 8193 head on 1-4 rows runs at 30-50 GFLOP/s.
+  The CPU SDPA kernel reaches 70-84 GFLOP/s on 128-512 queries but 10-47 on 1-4 queries, and a
+  causal mask saves nothing (the kernel computes dense). Hence the table.
+* Sum, not max, on CPU: a 1-token call costs 0.53 ms, of which ≈ 0.39 ms is fixed overhead, and
+  the ops it runs add on top of it; predicted / measured for single calls (Eso-LM steps, AR
+  steps, BD3-LM block and store calls, full forwards at L = 128-512) was 0.89-1.02 with the
+  table, 0.68-1.01 with roofline-sum and 0.44-0.75 with roofline-max.
+* Network-only runs at L = 256: predicted / measured 0.92-1.01 (table); the MDLM / Eso-LM ratio
+  was predicted at 1.05× the measured one and BD3-LM (L′ = 4) / Eso-LM at 0.95×.
+* What the table misses: the explicit mask of Eso-LM steps and of the reference BD3-LM path
+  (+15-20 % on their attention and a few µs to build it; a ``CallRecord`` does not say whether
+  a call is masked), the head's fixed ops on store passes (counted in the overhead), and the
+  reference path's rotation of every cached row.
 
 Measured numbers are cached in JSON under ``$DLMBENCH_CACHE_DIR`` (default
-``~/.cache/dlmbench``), keyed by a machine fingerprint, device, dtype and thread count.
+``~/.cache/dlmbench``), keyed by a machine fingerprint, device, dtype and thread count. With one
+CPU thread they are measured in thread CPU time (:func:`measurement_clock`), so a busy shared
+machine does not inflate them; elsewhere in wall time, with a warning when the machine is loaded.
 """
 
 from __future__ import annotations
