@@ -86,7 +86,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from harness.network import DiTConfig
+from harness.network import DiTConfig, step_mask
 
 CallRecord = tuple[int, int, int, int]
 """(fed, attention queries, attention keys, head rows) per batch row; see ``samplers.base``."""
@@ -580,21 +580,32 @@ class MicroTable:
             return t1 * m / hi
         return _lerp(m, lo, hi, t0, t1)
 
-    def sdpa_s(self, b: int, H: int, q: int, keys: int, dh: int) -> float:
-        """Seconds of one SDPA call with b·H heads, q queries and ``keys`` keys of width d_h."""
+    def sdpa_s(self, b: int, H: int, q: int, keys: int, dh: int, masked: bool = False) -> float:
+        """Seconds of one SDPA call with b·H heads, q queries and ``keys`` keys of width d_h.
+
+        ``masked``: with a boolean (q, keys) mask, as Eso-LM steps and the reference BD3-LM path
+        pass (the CPU kernel converts it and computes dense: ≈ 15-20 % slower).
+        """
         if q <= 0:
             return 0.0
+        kind = "sdpa_mask" if masked else "sdpa"
         cap = _cap_pow2(math.sqrt(GRID_FLOPS_CAP / (4 * b * H * dh)))
         qc, kc = min(q, cap), min(keys, cap)
         q0, q1 = _pow2_bracket(qc, cap)
         k0, k1 = _pow2_bracket(kc, cap)
 
         def at(qq: int, kk: int) -> float:
-            return self._point("sdpa", (b, H, qq, kk, dh))
+            return self._point(kind, (b, H, qq, kk, dh))
 
         lo = _lerp(kc, k0, k1, at(q0, k0), at(q0, k1))
         hi = _lerp(kc, k0, k1, at(q1, k0), at(q1, k1))
         return _lerp(qc, q0, q1, lo, hi) * (q / qc) * (keys / kc)
+
+    def step_mask_s(self, q: int, keys: int) -> float:
+        """Seconds to build an Eso-LM step mask (``network.step_mask``) for q rows over ``keys``."""
+        lo, hi = _pow2_bracket(max(keys, 1), 1 << 30)
+        t0, t1 = self._point("step_mask", (q, lo)), self._point("step_mask", (q, hi))
+        return _lerp(keys, lo, hi, t0, t1)
 
     def save(self) -> None:
         """Write newly measured points to the JSON cache (no-op when nothing is new)."""
@@ -626,11 +637,17 @@ class MicroTable:
                 m, k, n, bias = shape
                 x, w, bvec = rnd(1, m, k), rnd(n, k), (rnd(n) if bias else None)
                 fn: Callable[[], Any] = lambda: F.linear(x, w, bvec)  # noqa: E731
+            elif kind == "step_mask":
+                q, kk = shape
+                start = max(kk - q, 0)
+                fn = lambda: step_mask(start, q, torch.device(dev))  # noqa: E731
             else:
                 b, H, q, kk, dh = shape
                 qt = rnd(b, q, H, dh).transpose(1, 2)
                 kt, vt = rnd(b, H, kk, dh), rnd(b, H, kk, dh)
-                fn = lambda: F.scaled_dot_product_attention(qt, kt, vt)  # noqa: E731
+                mask = torch.ones(q, kk, dtype=torch.bool, device=dev).tril(kk - q)
+                mask = mask if kind == "sdpa_mask" else None
+                fn = lambda: F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask)  # noqa: E731
             return min(time_samples(fn, dev, samples=TABLE_SAMPLES))
 
 
@@ -853,13 +870,40 @@ def _table_ops_s(cfg: DiTConfig, rec: CallRecord, batch_size: int, table: MicroT
     return parts["linear_s"] + parts["attention_s"] + parts["head_s"]
 
 
+def call_mask(rec: CallRecord) -> Literal["none", "step", "block"]:
+    """Which attention mask a call runs with, inferred from the shape of its record.
+
+    A record does not say (``samplers.base.CallRecord``), but the call paths leave a trace:
+
+    * ``block``: more queries than fed rows, i.e. the reference BD3-LM QKV path, which re-attends
+      every cached row under the prebuilt block-causal mask;
+    * ``step``: an Eso-LM step after the first: clean rows re-fed before the new ones
+      (0 < head rows < fed), a cached prefix (keys > fed) and more than one row, which
+      ``forward_cached(causal=True)`` serves with a freshly built ``step_mask``;
+    * ``none``: everything else (full bidirectional forwards, AR steps, efficient BD3-LM block
+      and store calls, a first Eso-LM step with plain causal attention).
+
+    Uncached oracle paths with a mask (BD3-LM without a cache) look like MDLM forwards and are
+    taken as unmasked.
+    """
+    fed, q, keys, head = rec
+    if q > fed:
+        return "block"
+    if fed > 1 and keys > fed and 0 < head < fed:
+        return "step"
+    return "none"
+
+
 def _table_parts(
     cfg: DiTConfig, rec: CallRecord, batch_size: int, table: MicroTable
 ) -> dict[str, float]:
     fed, q, keys, head = rec
     b, N = batch_size, cfg.n_blocks
+    mask = call_mask(rec)
     lin = N * sum(table.gemm_s(b * fed, k, n, bias) for k, n, bias in linear_shapes(cfg))
-    att = N * table.sdpa_s(b, cfg.n_heads, q, keys, cfg.head_dim)
+    att = N * table.sdpa_s(b, cfg.n_heads, q, keys, cfg.head_dim, masked=mask != "none")
+    if mask == "step":
+        att += table.step_mask_s(q, keys)
     hd = table.gemm_s(b * head, cfg.hidden_size, cfg.vocab_size, True)
     return {"linear_s": lin, "attention_s": att, "head_s": hd}
 

@@ -168,6 +168,28 @@ def test_analytic_flops_equal_flop_counter_on_every_call_path(make, backend):
             assert got == want, f"{name}: analytic {got} != FlopCounterMode {want} (rec {rec})"
 
 
+def test_call_mask_inference_matches_what_the_network_does(monkeypatch):
+    """Oracle: record whether each real call path hands SDPA a mask."""
+    import harness.network as net
+
+    seen = []
+    real = net.sdpa
+
+    def spy(q, k, v, mask, causal):
+        seen.append(mask is not None)
+        return real(q, k, v, mask, causal)
+
+    monkeypatch.setattr(net, "sdpa", spy)
+    for fam in ("esolm", "ar"):
+        model = tiny_model(fam)
+        with torch.inference_mode():
+            for name, fn, rec in call_paths(model, 1):
+                seen.clear()
+                fn()
+                assert set(seen) == {cm.call_mask(rec) != "none"}, (fam, name, rec)
+    assert cm.call_mask((4, 12, 12, 0)) == "block" and cm.call_mask((2, 2, 9, 1)) == "step"
+
+
 def test_unfrozen_conditioning_is_the_only_uncounted_matmul():
     """Without freeze_conditioning the AdaLN projections run per call: exactly that difference."""
     model = tiny_model("mdlm")
@@ -362,12 +384,16 @@ def test_measure_peaks_really_measures_this_cpu():
 
 
 def fake_times(kind, shape):
-    """An affine GEMM time in m and a bilinear SDPA time in (q, keys)."""
+    """Affine GEMM time in m, bilinear SDPA time in (q, keys), affine mask-building time."""
     if kind == "gemm":
         m, k, n, bias = shape
         return 1e-6 + 1e-9 * m * k * n / 64 + 1e-7 * bias
+    if kind == "step_mask":
+        q, keys = shape
+        return 5e-6 + 1e-9 * q * keys
     b, H, q, keys, dh = shape
-    return 2e-6 + 1e-8 * q + 3e-8 * keys + 1e-9 * b * H * q * keys * dh / 32
+    t = 2e-6 + 1e-8 * q + 3e-8 * keys + 1e-9 * b * H * q * keys * dh / 32
+    return t * (1.2 if kind == "sdpa_mask" else 1.0)
 
 
 def test_table_interpolation_is_exact_for_affine_and_bilinear_times():
@@ -379,6 +405,8 @@ def test_table_interpolation_is_exact_for_affine_and_bilinear_times():
     for q, keys in ((1, 1), (2, 130), (3, 77), (16, 500), (300, 300)):
         want = fake_times("sdpa", (1, 4, q, keys, 32))
         assert t.sdpa_s(1, 4, q, keys, 32) == pytest.approx(want)
+        assert t.sdpa_s(1, 4, q, keys, 32, masked=True) == pytest.approx(1.2 * want)
+        assert t.step_mask_s(q, keys) == pytest.approx(fake_times("step_mask", (q, keys)))
     assert t.gemm_s(0, 128, 384, False) == 0.0 and t.sdpa_s(1, 4, 0, 5, 32) == 0.0
 
 
@@ -443,7 +471,8 @@ def test_table_model_composes_the_parts_by_hand():
     cal = CallCalibration(fixed_s=4e-4, per_token_s=5e-6, one_token_s=5e-4, n_tokens=64,
                           n_tokens_s=3e-3, device="cpu", dtype="float32", threads=1)  # fmt: skip
     peaks = Peaks(1e11, 4e10, 0.0, "cpu", "float32", "hand")
-    calls = [(256, 256, 256, 256), (2, 2, 130, 1), (4, 4, 64, 0)]
+    calls = [(256, 256, 256, 256), (2, 2, 130, 1), (4, 4, 64, 0), (4, 12, 12, 4)]
+    masks = {"none": "sdpa", "step": "sdpa_mask", "block": "sdpa_mask"}
     b = 2
     want = 0.0
     for fed, q, keys, head in calls:
@@ -451,7 +480,10 @@ def test_table_model_composes_the_parts_by_hand():
         want += cfg.n_blocks * sum(
             fake_times("gemm", (b * fed, k, n, int(bias))) for k, n, bias in cm.linear_shapes(cfg)
         )
-        want += cfg.n_blocks * fake_times("sdpa", (b, cfg.n_heads, q, keys, cfg.head_dim))
+        mask = cm.call_mask((fed, q, keys, head))
+        attn = fake_times(masks[mask], (b, cfg.n_heads, q, keys, cfg.head_dim))
+        want += cfg.n_blocks * attn
+        want += fake_times("step_mask", (q, keys)) if mask == "step" else 0.0
         want += fake_times("gemm", (b * head, 128, 8193, 1)) if head else 0.0
     got = predict_breakdown(cfg, calls, b, peaks, 4, calibration=cal, table=table)
     assert got["method_table"] == 1.0
