@@ -43,23 +43,26 @@ full-mode run (SUBS, top-p, Gumbel, commits) is not in a ``CallRecord`` and is n
   architecture itself (:func:`calibrate_calls`), never from sampler timings.
 
 Evidence (2-vCPU AMD EPYC dev box, torch 2.13 CPU, fp32, one thread, cpu-s with V = 8193, batch
-1; ``tests/bench/test_costmodel_bench.py``):
+1; ``tests/bench/test_costmodel_bench.py``; the box is shared, so repeated runs vary by ≈ ±10 %):
 
 * A single large-matmul peak (1024², ≈ 105-111 GFLOP/s) overpredicts the speed of the model's
   skinny GEMMs: a d = 128 linear runs at 10-25 GFLOP/s on 1 row, 28-50 on 4, ≈ 85 on 16 and
   reaches the peak only from ≈ 64 rows; the V = 8193 head on 1-4 rows runs at 30-50 GFLOP/s.
-  The CPU SDPA kernel reaches 70-84 GFLOP/s on 128-512 queries but 10-47 on 1-4 queries, and a
-  causal mask saves nothing (the kernel computes dense). Hence the table.
-* Sum, not max, on CPU: a 1-token call costs 0.53 ms, of which ≈ 0.39 ms is fixed overhead, and
-  the ops it runs add on top of it; predicted / measured for single calls (Eso-LM steps, AR
-  steps, BD3-LM block and store calls, full forwards at L = 128-512) was 0.89-1.02 with the
-  table, 0.68-1.01 with roofline-sum and 0.44-0.75 with roofline-max.
-* Network-only runs at L = 256: predicted / measured 0.92-1.01 (table); the MDLM / Eso-LM ratio
-  was predicted at 1.05× the measured one and BD3-LM (L′ = 4) / Eso-LM at 0.95×.
-* What the table misses: the explicit mask of Eso-LM steps and of the reference BD3-LM path
-  (+15-20 % on their attention and a few µs to build it; a ``CallRecord`` does not say whether
-  a call is masked), the head's fixed ops on store passes (counted in the overhead), and the
-  reference path's rotation of every cached row.
+  The CPU SDPA kernel reaches 70-84 GFLOP/s on 128-512 queries but 10-47 on 1-4 queries; a
+  causal mask saves nothing (the kernel computes dense) and a boolean mask costs 15-20 % more.
+  Hence the table.
+* Sum, not max, on CPU: a 1-token call costs ≈ 0.53 ms, of which ≈ 0.38 ms is fixed overhead,
+  and the ops it runs add on top of it. Predicted / measured for single calls (Eso-LM steps, AR
+  steps, BD3-LM block and store calls, full forwards at L = 128-512) was 0.78-1.02 with the
+  table, 0.65-1.01 with roofline-sum and 0.44-0.75 with roofline-max.
+* Network-only runs at L = 256 (Eso-LM, MDLM first-hitting, BD3-LM L′ = 4 first-hitting, AR):
+  predicted / measured 0.82-1.01 (table); the MDLM / Eso-LM ratio was predicted at 1.05-1.15×
+  the measured one and BD3-LM / Eso-LM at 0.93-1.10×, over several runs.
+* Known misses: a BD3-LM block call's head runs ≈ 60 µs slower inside the network than alone
+  (cache state; 5-15 % of that call), the head's fixed ops on store passes sit in the overhead,
+  the reference path's rotation of every cached row is not counted, and the sampler's own loop
+  (slicing, bookkeeping) adds a few µs per step. Evicting L2 between table calls, to mimic the
+  network, was tried and made full forwards 5-9 % worse without helping small calls.
 
 Measured numbers are cached in JSON under ``$DLMBENCH_CACHE_DIR`` (default
 ``~/.cache/dlmbench``), keyed by a machine fingerprint, device, dtype and thread count. With one
