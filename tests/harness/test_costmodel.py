@@ -418,6 +418,26 @@ def test_table_extrapolates_beyond_the_cap_at_constant_throughput():
     assert max(s[0] for s in measured) == cap
 
 
+def test_table_remeasures_a_point_slower_than_twice_its_half():
+    """A contention spike (3× at m = 256) is re-measured; a genuinely slow point is kept."""
+    calls = []
+
+    def spiky(kind, shape):
+        calls.append(shape[0])
+        t = 1e-6 * shape[0]
+        return 3 * t if shape[0] == 256 and calls.count(256) == 1 else t
+
+    t = MicroTable("cpu", measure=spiky)
+    assert t.gemm_s(128, 8, 8, False) == pytest.approx(128e-6)  # the neighbour checked against
+    assert t.gemm_s(200, 8, 8, False) == pytest.approx(200e-6)  # 256 re-measured, lerp exact
+    assert calls.count(256) == 2 and calls.count(128) == 1
+    seen = []
+    slow = MicroTable("cpu", measure=lambda k, s: seen.append(s[0]) or 1e-6 * s[0] ** 2)
+    slow.gemm_s(8, 8, 8, False)
+    assert slow.gemm_s(16, 8, 8, False) == pytest.approx(256e-6)  # superlinear: kept
+    assert seen == [8] + [16] * (1 + cm.TABLE_RETRIES)
+
+
 def test_table_persists_points_and_reuses_them(tmp_path):
     t = MicroTable("cpu", measure=fake_times, persist=True)
     v = t.gemm_s(5, 8, 8, False)
