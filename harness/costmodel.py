@@ -692,9 +692,10 @@ class MicroTable:
 CALIBRATION_TOKENS = 64
 """Fed tokens of the second calibration call (the first feeds one)."""
 
-CALIBRATION_SAMPLES = 9
-"""Samples per calibration call (each ≥ 10 ms of repeated calls); the call's time is their
-minimum, the machine's capability rather than its load at that moment."""
+CALIBRATION_SAMPLES = 15
+"""Samples per calibration call (each ≥ 10 ms of repeated calls), taken in rounds of 3 spread
+over ≈ 0.5 s; the call's time is their minimum, the machine's capability rather than its load
+at one moment."""
 
 
 @dataclass(frozen=True)
@@ -756,7 +757,8 @@ def _model_device_dtype(model: Any) -> tuple[str, torch.dtype]:
 def _time_model_calls(model: Any, n: int, device: str) -> tuple[float, float]:
     """Best seconds of a 1-token cached call and of an ``n``-token bidirectional cached call.
 
-    The two are sampled alternately, so a change of machine load affects both alike.
+    The two are sampled alternately, in rounds 50 ms apart, so a change of machine load
+    affects both alike and a burst of contention does not fill every sample.
     """
     cache = model.new_kv_cache(1, n)
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -764,7 +766,9 @@ def _time_model_calls(model: Any, n: int, device: str) -> tuple[float, float]:
     t1: list[float] = []
     tn: list[float] = []
     with torch.inference_mode():
-        for _ in range(max(1, CALIBRATION_SAMPLES // 3)):
+        for r in range(max(1, CALIBRATION_SAMPLES // 3)):
+            if r:
+                time.sleep(0.05)
             t1 += time_samples(
                 lambda: model.forward_cached(x[:, :1], cache, start=0, causal=True),
                 device,
