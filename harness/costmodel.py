@@ -51,13 +51,16 @@ Evidence (2-vCPU AMD EPYC dev box, torch 2.13 CPU, fp32, one thread, cpu-s with 
   The CPU SDPA kernel reaches 70-84 GFLOP/s on 128-512 queries but 10-47 on 1-4 queries; a
   causal mask saves nothing (the kernel computes dense) and a boolean mask costs 15-20 % more.
   Hence the table.
-* Sum, not max, on CPU: a 1-token call costs ≈ 0.53 ms, of which ≈ 0.38 ms is fixed overhead,
-  and the ops it runs add on top of it. Predicted / measured for single calls (Eso-LM steps, AR
-  steps, BD3-LM block and store calls, full forwards at L = 128-512) was 0.78-1.02 with the
-  table, 0.65-1.01 with roofline-sum and 0.44-0.75 with roofline-max.
-* Network-only runs at L = 256 (Eso-LM, MDLM first-hitting, BD3-LM L′ = 4 first-hitting, AR):
-  predicted / measured 0.82-1.01 (table); the MDLM / Eso-LM ratio was predicted at 1.05-1.15×
-  the measured one and BD3-LM / Eso-LM at 0.93-1.10×, over several runs.
+* Sum, not max, on CPU: a 1-token call costs ≈ 0.51 ms, of which ≈ 0.36-0.38 ms is fixed
+  overhead, and the ops it runs add on top of it. Predicted / measured for single calls (Eso-LM
+  steps, AR steps, BD3-LM block and store calls, full forwards at L = 128-512) was 0.88-0.97
+  with the table, 0.66-0.98 with roofline-sum and 0.60-0.96 with roofline-max.
+* Network-only runs (Eso-LM, MDLM first-hitting, BD3-LM L′ = 4 first-hitting with store passes,
+  AR): predicted / measured 0.90-0.97 (table) at L = 256, 0.83-1.01 at L = 512. Ratios,
+  predicted / measured: MDLM / Eso-LM 1.07-1.08 (L = 256) and 1.17 (L = 512); BD3-LM / Eso-LM
+  1.03 and 1.13; AR / Eso-LM 1.05 and 1.22. Eso-LM steps are the most underpredicted calls
+  (≈ 5-10 %: a 2-token call inside the network costs ≈ 35 µs more than its parts measured
+  alone), which inflates every ratio over Eso-LM by as much.
 * Known misses: a BD3-LM block call's head runs ≈ 60 µs slower inside the network than alone
   (cache state; 5-15 % of that call), the head's fixed ops on store passes sit in the overhead,
   the reference path's rotation of every cached row is not counted, and the sampler's own loop
