@@ -335,13 +335,13 @@ def energy_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:
 
 
 def _cache_bytes(cell: Cell) -> float:
-    """The analytic cache size of the whole batch (the one place this is computed)."""
-    fn = getattr(memory, "kv_cache_bytes", None) or getattr(costmodel, "kv_cache_bytes", None)
-    if fn is None:
-        return math.nan
-    dtype_bytes = DTYPES[cell.dtype][1]
-    return float(
-        fn(cell.model_cfg, cell.sampler, cell.params, cell.batch_size, cell.seq_len, dtype_bytes)
+    """The analytic cache size of the whole batch; the sampler names its cache kind."""
+    sampler = SAMPLERS.get(cell.sampler)(cell.config)
+    kind = sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
+    if kind is None:
+        return 0.0
+    return memory.cache_bytes(
+        cell.model_cfg, kind, cell.batch_size, cell.seq_len, DTYPES[cell.dtype][1]
     )
 
 

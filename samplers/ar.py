@@ -92,6 +92,13 @@ class AR:
         if problems:
             raise ConfigError(problems, "Invalid config for sampler 'ar'")
 
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps, for the analytic memory column.
+
+        The K/V cache when ``kv_cache``.
+        """
+        return "kv" if self.config.kv_cache else None
+
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> ARPlan:

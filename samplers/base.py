@@ -86,6 +86,10 @@ class Sampler(Protocol):
         """``plan`` then ``execute``."""
         ...
 
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps: ``kv``, ``qkv``, ``px0`` or ``None``."""
+        ...
+
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int
     ) -> list[CallRecord]:

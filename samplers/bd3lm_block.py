@@ -371,6 +371,13 @@ class BD3LMSampler:
         self.schedule = SCHEDULES.build(cfg.schedule)
         self.policy = POLICIES.build(cfg.policy)
 
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps, for the analytic memory column.
+
+        ``kv`` (efficient), ``qkv`` (reference) or none.
+        """
+        return {"efficient": "kv", "reference": "qkv"}.get(self.config.cache)
+
     def _check_sizes(self, model_config: Any, seq_len: int) -> None:
         Lb = self.config.block_size
         if seq_len % Lb:

@@ -381,6 +381,13 @@ class EsoLMSampler:
         self.schedule = SCHEDULES.build(self.config.schedule)
 
     @torch.no_grad()
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps, for the analytic memory column.
+
+        The K/V cache when ``kv_cache``.
+        """
+        return "kv" if self.config.kv_cache else None
+
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> EsoPlan:

@@ -103,6 +103,13 @@ class EsoLMBlockSampler:
     def __init__(self, config: EsoLMBlockConfig | None = None) -> None:
         self.config = check_config(self.name, config or EsoLMBlockConfig())
 
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps, for the analytic memory column.
+
+        The K/V cache when ``kv_cache``.
+        """
+        return "kv" if self.config.kv_cache else None
+
     def _check_length(self, seq_len: int) -> None:
         S = self.config.num_steps
         if S > seq_len or seq_len % S:

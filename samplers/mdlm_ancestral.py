@@ -156,6 +156,13 @@ class MDLMAncestral:
 
     # ---- plan (untimed) ----------------------------------------------------------------------
 
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps, for the analytic memory column.
+
+        The p_x0 no-change cache.
+        """
+        return "px0"
+
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> MDLMPlan:

@@ -87,6 +87,13 @@ class MDLMFirstHitting:
         if problems:
             raise ConfigError(problems, "Invalid config for sampler 'mdlm_first_hitting'")
 
+    def cache_kind(self) -> str | None:
+        """The cache this configuration keeps, for the analytic memory column.
+
+        None: every call recomputes p_x0.
+        """
+        return None
+
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> FirstHittingPlan:

@@ -85,6 +85,7 @@ def test_sampler_class_surface(name):
     assert {"temperature", "top_p", "top_p_convention", "profile"} <= fields
     assert cls.config_class().problems() == []
     assert isinstance(cls(cls.config_class()), Sampler)
+    assert cls(cls.config_class()).cache_kind() in (None, "kv", "qkv", "px0")
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
