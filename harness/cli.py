@@ -387,9 +387,11 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def _register_module_commands() -> None:
     """Commands that live beside the code they drive (imported lazily to keep start-up fast)."""
-    from harness import checkpoints, plots, quality_stage
+    from harness import checkpoints, claims, plots, quality_stage
 
-    SUBCOMMANDS.extend([checkpoints.add_parser, quality_stage.add_parser, plots.add_parser])
+    SUBCOMMANDS.extend(
+        [checkpoints.add_parser, quality_stage.add_parser, plots.add_parser, claims.add_parser]
+    )
 
 
 _register_module_commands()
