@@ -67,15 +67,18 @@ def _matches(row: pd.Series, sampler: str, params: dict[str, Any]) -> bool:
 
 
 def role_map(paper_values: list[int], ours: list[int]) -> dict[int, int]:
-    """Map the paper's values of one axis onto ours: identity where present, else by rank.
+    """Map the paper's values of one axis onto ours: identity where any match, else by rank.
 
-    With fewer of ours than the paper's, the last of ours serves the remaining paper values.
+    A run that contains some of the paper's values (a GPU run at L = 8192) maps only those; a
+    scaled run with none of them (a CPU run at L = 128, 512) maps by rank, and with fewer of ours
+    than the paper's the last of ours serves the remaining paper values.
     """
     paper_sorted, ours_sorted = sorted(set(paper_values)), sorted(set(ours))
     if not ours_sorted:
         return {}
-    if set(paper_sorted) <= set(ours_sorted):
-        return {v: v for v in paper_sorted}
+    exact = {v: v for v in paper_sorted if v in ours_sorted}
+    if exact:  # a run at the paper's own values: map those, leave the others unmeasured
+        return exact
     return {v: ours_sorted[min(i, len(ours_sorted) - 1)] for i, v in enumerate(paper_sorted)}
 
 

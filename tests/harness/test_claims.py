@@ -16,6 +16,7 @@ from harness.runner import run_experiment
 
 def test_role_map_identity_then_rank():
     assert role_map([2048, 8192], [2048, 8192, 512]) == {2048: 2048, 8192: 8192}
+    assert role_map([2048, 8192], [8192]) == {8192: 8192}
     assert role_map([2048, 8192], [128, 512]) == {2048: 128, 8192: 512}
     assert role_map([2048, 8192], [128]) == {2048: 128, 8192: 128}
     assert role_map([1024], []) == {}
