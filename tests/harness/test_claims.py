@@ -69,8 +69,12 @@ def tiny_table11(tmp_path_factory):
     return run_experiment(path, progress=False)
 
 
-def test_report_lists_every_published_claim(tiny_table11):
-    table = claims_table(tiny_table11)
+@pytest.fixture(scope="module")
+def table(tiny_table11):
+    return claims_table(tiny_table11)
+
+
+def test_report_lists_every_published_claim(table):
     assert set(table["claim_id"]) == set(load_claims()["claim_id"])
     ok = table[table["status"] == "ok"]
     # Table 11 claims are measured: L 2048 → 16, 8192 → 32 by rank; BD3-LM once per cache.
@@ -87,11 +91,10 @@ def test_report_lists_every_published_claim(tiny_table11):
     assert len(b512) and (b512["status"].str.startswith("not measured")).all()
 
 
-def test_measured_ratio_is_the_ratio_of_median_wall_times(tiny_table11):
+def test_measured_ratio_is_the_ratio_of_median_wall_times(tiny_table11, table):
     from harness.results import load_results
 
     df = load_results(tiny_table11)
-    table = claims_table(tiny_table11)
     row = table[table["claim_id"] == "t11_esolm_over_ar_L8192"].iloc[0]
     esolm = df[(df["sampler"] == "esolm") & (df["seq_len"] == 32)]["wall_s"].item()
     ar = df[(df["sampler"] == "ar") & (df["seq_len"] == 32)]["wall_s"].item()
