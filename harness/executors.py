@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -458,6 +459,10 @@ def group_chains(tasks: Sequence[CellTask]) -> list[ChainTask]:
 def slurm_parameters(exp: Experiment, run_name: str) -> dict[str, Any]:
     """submitit ``update_parameters`` arguments from ``exp.executor``."""
     ex = exp.executor
+    # Tasks run `python -m submitit.core._submit`, which unpickles our callables: make this
+    # checkout importable there too (harmless when dlmbench is installed).
+    root = str(Path(__file__).resolve().parent.parent)
+    setup = [f"export PYTHONPATH={shlex.quote(root)}${{PYTHONPATH:+:$PYTHONPATH}}", *ex.setup]
     gpus = ex.gpus_per_task
     if gpus is None:
         gpus = 1 if exp.device.startswith("cuda") else 0
@@ -477,10 +482,10 @@ def slurm_parameters(exp: Experiment, run_name: str) -> dict[str, Any]:
             slurm_qos=ex.qos,
             slurm_array_parallelism=ex.array_parallelism,
             slurm_additional_parameters=dict(ex.slurm_additional) or None,
-            slurm_setup=list(ex.setup) or None,
+            slurm_setup=setup,
         )
     elif ex.cluster == "local":
-        params["local_setup"] = list(ex.setup) or None
+        params["local_setup"] = setup
     return {k: v for k, v in params.items() if v is not None}
 
 

@@ -8,7 +8,7 @@
 #
 #   scripts/slurm_local.sh start    write the config, start munged, slurmctld and slurmd; wait
 #                                   until the node is idle (about 5-20 s)
-#   scripts/slurm_local.sh stop     stop the three daemons started by `start`
+#   scripts/slurm_local.sh stop     cancel the jobs left on it, stop the three daemons
 #   scripts/slurm_local.sh status   sinfo of the local cluster
 #
 # Everything lives under $DLMBENCH_SLURM_DIR (default /tmp/dlmbench-slurm): slurm.conf, state,
@@ -94,12 +94,24 @@ wait_idle() {
 }
 
 stop_pidfile() {
-    local f="$1"
-    if [ -s "$f" ] && kill -0 "$(cat "$f")" 2>/dev/null; then
-        kill "$(cat "$f")" 2>/dev/null || true
-        for _ in $(seq 1 20); do kill -0 "$(cat "$f")" 2>/dev/null || break; sleep 0.25; done
+    local f="$1" pid
+    pid="$(cat "$f" 2>/dev/null || true)"
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.25; done
     fi
     rm -f "$f"
+}
+
+drain_jobs() {
+    # Cancel what is left on this private cluster and let slurmd clean up before it stops.
+    local jobs
+    jobs="$(SLURM_CONF="$CONF" squeue -h -o %A 2>/dev/null | sort -u | tr '\n' ' ' || true)"
+    [ -n "${jobs// }" ] && SLURM_CONF="$CONF" scancel $jobs 2>/dev/null || true
+    for _ in $(seq 1 60); do
+        [ -z "$(SLURM_CONF="$CONF" squeue -h 2>/dev/null || true)" ] && break
+        sleep 0.5
+    done
 }
 
 case "${1:-start}" in
@@ -114,6 +126,7 @@ case "${1:-start}" in
         wait_idle
         ;;
     stop)
+        drain_jobs
         stop_pidfile "$DIR/slurmd.pid"
         stop_pidfile "$DIR/slurmctld.pid"
         stop_pidfile "$DIR/munge/munged.pid"
