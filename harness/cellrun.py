@@ -488,19 +488,6 @@ def launch_cell(task: CellTask, env: dict[str, str], log: Path) -> subprocess.Po
     return proc
 
 
-def run_cell_process(task: CellTask, env: dict[str, str], log: Path) -> int:
-    """Run ``task`` in a fresh process and wait; record a crash row if it died without one.
-
-    Returns:
-        The process's exit code.
-    """
-    proc = launch_cell(task, env, log)
-    rc = proc.wait()
-    if rc not in (EXIT_OK, EXIT_CLAIMED):
-        record_crash(task, rc, log)
-    return rc
-
-
 def cell_process_main() -> int:
     """Entry point of a cell process: read ``sys.path`` and a :class:`CellTask`, run it."""
     stdin = sys.stdin.buffer
@@ -553,7 +540,6 @@ __all__ = [
     "process_env",
     "record_crash",
     "release",
-    "run_cell_process",
     "run_one_cell",
     "skip_after_oom",
     "smallest_oom",

@@ -260,9 +260,9 @@ class CellQueue:
             if (run_dir / "cells" / f"{t.cell_id}.parquet").exists():
                 self.finish(t)
                 done.append(t)
-            elif not cellrun.marker_path(run_dir, t.cell_id).exists() or not cellrun.marker_alive(
-                cellrun.read_marker(cellrun.marker_path(run_dir, t.cell_id)) or {}
-            ):
+                continue
+            marker = cellrun.read_marker(cellrun.marker_path(run_dir, t.cell_id))
+            if marker is None or not cellrun.marker_alive(marker):
                 del self.elsewhere[t.cell_id], self.busy[t.cell_id]
                 self.pending.append(t)
                 self.pending.sort(key=lambda x: x.cell.index)
@@ -524,6 +524,8 @@ def run_slurm(
         )
         if ex.wait or ex.cluster != "slurm":
             wait_jobs(jobs, wave, run_dir, ex.cluster, progress=progress, on_row=on_row)
+    with contextlib.suppress(OSError):  # an empty folder named '%j' made by the local cluster
+        (run_dir / "slurm" / "%j").rmdir()
 
 
 def record_jobs(run_dir: Path, jobs: Sequence[Any], chains: Sequence[ChainTask]) -> None:

@@ -144,11 +144,18 @@ def test_local_multi_two_cpu_workers_write_the_rows_of_local(tmp_path, one_threa
 
 
 def test_any_executor_resumes_a_run_of_another(tmp_path, one_thread):
-    """Finished cells are skipped whatever executor ran them; only missing shards are re-run."""
-    path = write_config(tmp_path, batch_sizes=[1], samplers=[{"sampler": "fake"}], seeds=[0, 1])
+    """Finished cells are skipped whatever executor ran them; only missing shards are re-run,
+    and ``retry_failed`` re-runs exactly the failed ones."""
+    path = write_config(
+        tmp_path,
+        batch_sizes=[1],
+        samplers=[{"sampler": "fake", "params": {"fail_at_step": [-1, 0]}}],
+        seeds=[0, 1],
+    )
     run_dir = run_experiment(path, progress=False)
+    df = results.load_results(run_dir)
     before = {p.name: p.read_bytes() for p in results.shard_paths(run_dir)}
-    victim = sorted(before)[0]
+    victim = df.loc[df["status"] == "ok", "cell_id"].iloc[0] + ".parquet"
     (run_dir / "cells" / victim).unlink()
     rows = []
     run_experiment(path, ["executor.kind=local-multi"], progress=False, on_row=rows.append)
@@ -158,6 +165,13 @@ def test_any_executor_resumes_a_run_of_another(tmp_path, one_thread):
         k: v for k, v in before.items() if k != victim
     }
     assert results.read_shard(run_dir / "cells" / victim)["executor"] == "local-multi"
+    rows = []
+    run_experiment(
+        path, ["executor.kind=local-multi"], progress=False, retry_failed=True, on_row=rows.append
+    )
+    failed = set(df.loc[df["status"] == "error", "cell_id"])
+    assert {r["cell_id"] for r in rows} == failed and len(rows) == 2
+    assert all(r["status"] == "error" and r["executor"] == "local-multi" for r in rows)
 
 
 def _parent_run(cfg_path: str) -> None:
