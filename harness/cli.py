@@ -410,7 +410,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 2
     states = cellrun.cell_states(run_dir, cells)
     counts = executors.status_counts(states)
-    print(f"{run_dir}  ({len(states)} cells: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    print(f"{run_dir}  ({len(states)} cells: {summary})")
     only = set(args.only.split(",")) if args.only else set(cellrun.STATES)
     for s in states:
         if s["state"] in only:

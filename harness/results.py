@@ -23,13 +23,15 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TEMP_PREFIX = ".tmp-"
 
@@ -234,6 +236,8 @@ def load_results(run_dir: str | Path) -> pd.DataFrame:
     Raises:
         FileNotFoundError: ``run_dir`` has no ``cells/`` folder.
     """
+    import pandas as pd  # here, not at import: cell processes write shards without pandas
+
     run_dir = Path(run_dir)
     if not (run_dir / "cells").is_dir():
         raise FileNotFoundError(
