@@ -479,8 +479,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dlmbench`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``dlmbench`` console script; returns the exit code.
+
+    ``a.b=value`` overrides may also follow options (``run CONFIG --executor slurm a.b=1``).
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.fn(args))
 
 

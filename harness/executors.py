@@ -291,7 +291,9 @@ def run_local_multi(
                 _fill(slots, queue, run_dir, bar, on_row)
                 for slot in _reap(slots):
                     _settle(slot, queue, run_dir, bar, on_row)
-                bar.update(len(queue.poll_elsewhere(run_dir)))
+                finished_elsewhere = queue.poll_elsewhere(run_dir)
+                if finished_elsewhere:
+                    bar.update(len(finished_elsewhere))
     finally:
         _stop(slots)
         bar.close()
