@@ -314,7 +314,7 @@ def claim(run_dir: Path, cell_id: str, executor: str) -> bool:
     if results.create_exclusive(path, text):
         return True
     other = read_marker(path)
-    if other is not None and marker_alive(other):
+    if other is not None and marker_alive_now(other):
         return False
     results.atomic_write(path, lambda p: p.write_text(text))
     return True
@@ -332,7 +332,7 @@ def remove_stale_marker(run_dir: Path, cell_id: str) -> None:
     """Remove ``cell_id``'s marker if its process is gone."""
     path = marker_path(run_dir, cell_id)
     info = read_marker(path)
-    if info is not None and not marker_alive(info):
+    if info is not None and not marker_alive_now(info):
         path.unlink(missing_ok=True)
 
 
@@ -366,6 +366,15 @@ def marker_alive(info: dict[str, Any], squeue: dict[str, str] | None = None) -> 
     return True
 
 
+def marker_alive_now(info: dict[str, Any]) -> bool:
+    """:func:`marker_alive`, asking ``squeue`` about a marker of another host's Slurm job."""
+    job = info.get("slurm_job_id")
+    squeue = None
+    if info.get("host") != _host() and job and job != slurm_job_id():
+        squeue = squeue_states([job])
+    return marker_alive(info, squeue)
+
+
 def _pid_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -390,6 +399,8 @@ def squeue_states(job_ids: Iterable[str]) -> dict[str, str] | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
+    if out.returncode != 0:  # every id unknown (long finished), or no answer from Slurm at all
+        return {} if "Invalid job id" in out.stderr else None
     states = {}
     for line in out.stdout.splitlines():
         parts = line.split()
@@ -449,7 +460,7 @@ def _marker_paths(run_dir: Path) -> list[Path]:
 
 def live_markers(run_dir: Path) -> int:
     """How many markers of the run belong to live processes."""
-    return sum(1 for p in _marker_paths(run_dir) if (m := read_marker(p)) and marker_alive(m))
+    return sum(1 for p in _marker_paths(run_dir) if (m := read_marker(p)) and marker_alive_now(m))
 
 
 # --------------------------------------------------------------------------------------------
@@ -536,6 +547,7 @@ __all__ = [
     "launch_cell",
     "live_markers",
     "marker_alive",
+    "marker_alive_now",
     "marker_path",
     "process_env",
     "record_crash",

@@ -262,7 +262,7 @@ class CellQueue:
                 done.append(t)
                 continue
             marker = cellrun.read_marker(cellrun.marker_path(run_dir, t.cell_id))
-            if marker is None or not cellrun.marker_alive(marker):
+            if marker is None or not cellrun.marker_alive_now(marker):
                 del self.elsewhere[t.cell_id], self.busy[t.cell_id]
                 self.pending.append(t)
                 self.pending.sort(key=lambda x: x.cell.index)

@@ -410,6 +410,8 @@ def test_unknown_executor_is_refused_with_did_you_mean(tmp_path, capsys):
     assert cli.main(["run", str(path), "--executor", "local_mutli"]) == 2
     err = capsys.readouterr().err
     assert "'executor.kind' is 'local_mutli'" in err and "Did you mean: local-multi" in err
+    assert cli.main(["run", str(path), "--executor", "local-multi", "executor.workers=0"]) == 2
+    assert "'workers' is 0; it must be >= 1" in capsys.readouterr().err  # override after option
     assert not (tmp_path / "results").exists()
 
 
