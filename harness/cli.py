@@ -115,6 +115,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) an experiment, or print its cost-model estimate with ``--dry-run``."""
     from harness import results, runner
 
+    if getattr(args, "executor", None):
+        args.overrides = [*args.overrides, f"executor.kind={args.executor}"]
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
@@ -124,6 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_dir = runner.run_experiment(
         exp, run_id=args.run_id, progress=not args.no_progress, retry_failed=args.retry_failed
     )
+    if exp.executor.kind == "slurm" and exp.executor.cluster == "slurm" and not exp.executor.wait:
+        print(f"{run_dir}: submitted; follow it with: dlmbench status {run_dir}")
+        return 0
     df = results.load_results(run_dir)
     df = df[df["cell_id"].isin({c.cell_id for c in cells})]
     counts = df["status"].value_counts().to_dict()
@@ -189,6 +194,13 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run-id", default=None, help="run folder name (default <name>-<hash>)")
     p.add_argument("--retry-failed", action="store_true", help="re-run error/oom/skipped cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--executor",
+        default=None,
+        metavar="KIND",
+        help="local (default: here, in order), local-multi (one worker per device, a fresh "
+        "process per cell) or slurm (submitit job arrays); same as executor.kind=KIND",
+    )
     p.set_defaults(fn=cmd_run)
 
 
@@ -372,6 +384,62 @@ def add_show_parser(sub: argparse._SubParsersAction) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# status
+# --------------------------------------------------------------------------------------------
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Print a run's done / skipped / failed / running / pending counts and a per-cell list."""
+    from harness import cellrun, executors
+    from harness.results import resolve_run
+
+    _import_plugins()
+    try:
+        run_dir = resolve_run(args.run, args.output_dir)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cells, problems = executors.cells_of_run(run_dir)
+    if not cells:
+        print(
+            f"error: cannot list the cells of '{run_dir}' from its config.yaml: "
+            + "; ".join(problems or ["no cells"])
+            + ". Are its samplers registered here (dlmbench ls samplers)?",
+            file=sys.stderr,
+        )
+        return 2
+    states = cellrun.cell_states(run_dir, cells)
+    counts = executors.status_counts(states)
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    print(f"{run_dir}  ({len(states)} cells: {summary})")
+    only = set(args.only.split(",")) if args.only else set(cellrun.STATES)
+    for s in states:
+        if s["state"] in only:
+            note = s["where"] or s["error"] or ""
+            print(
+                f"  {s['state']:<8} {s['cell_id']} {s['label']:<16} L={s['seq_len']:<6} "
+                f"b={s['batch_size']:<5} seed={s['seed']:<3} {note}"
+            )
+    return 0
+
+
+def add_status_parser(sub: argparse._SubParsersAction) -> None:
+    """``status RUN [--only STATES]``."""
+    p = sub.add_parser(
+        "status", help="done / running / failed / pending cells of a run (any executor)"
+    )
+    p.add_argument("run", help="results/<run_id>, a run id, or an experiment name (newest)")
+    p.add_argument("--output-dir", default="results", help="where run folders live")
+    p.add_argument(
+        "--only", default=None, help="comma-separated states to list: " + ",".join(_STATES)
+    )
+    p.set_defaults(fn=cmd_status)
+
+
+_STATES = ("done", "skipped", "failed", "running", "pending")
+
+
+# --------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------
 
@@ -380,6 +448,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_validate_parser,
     add_ls_parser,
     add_show_parser,
+    add_status_parser,
     add_demo_parser,
 ]
 """``add_parser(subparsers)`` functions; append one to add a command."""
@@ -412,8 +481,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``dlmbench`` console script; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    """Entry point of the ``dlmbench`` console script; returns the exit code.
+
+    ``a.b=value`` overrides may also follow options (``run CONFIG --executor slurm a.b=1``).
+    """
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+            args.overrides = [*args.overrides, *extra]
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return int(args.fn(args))
 
 

@@ -32,6 +32,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import re
 import types
 from collections.abc import Sequence
@@ -202,6 +203,149 @@ class TimingConfig:
         return out
 
 
+EXECUTOR_KINDS = ("local", "local-multi", "slurm")
+"""``executor.kind`` values: see :class:`ExecutorConfig` and docs/executors.md."""
+
+SLURM_INSTALL_HINT = "pip install 'dlmbench[slurm]'"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the cells run (docs/executors.md).
+
+    Not part of any cell's hash: a run started by one executor is resumed by any other, and its
+    rows are the same.
+
+    Attributes:
+        kind: ``local`` (this process, cells in sweep order; the default), ``local-multi`` (one
+            worker per device, every cell in a fresh process), or ``slurm`` (job arrays through
+            submitit; ``pip install 'dlmbench[slurm]'``).
+        workers: local-multi: worker processes, at most one per device; default: one per GPU of
+            ``devices`` on CUDA, 1 on CPU.
+        devices: local-multi on CUDA: indices (among the visible GPUs) to use; default all.
+        threads_per_worker: torch threads of each cell process; default cores // workers.
+        pin_cpus: bind each worker's cells to their own cores; default on CPU only.
+        cluster: slurm: ``slurm`` (sbatch), or submitit's ``local`` (processes here) or
+            ``debug`` (in this process) for testing.
+        partition: sbatch ``--partition``.
+        account: sbatch ``--account``.
+        qos: sbatch ``--qos``.
+        time_min: wall-time limit of one array task, minutes.
+        gpus_per_task: GPUs per array task; default 1 when ``device`` is CUDA, else 0.
+        cpus_per_task: CPUs per array task (also its cells' torch threads).
+        mem_gb: memory per array task, GB.
+        array_parallelism: at most this many array tasks run at once.
+        max_requeues: times a preempted or timed-out task is requeued (finished cells are kept).
+        setup: shell lines run before each task (``module load ...``, ``source venv/bin/activate``).
+        slurm_additional: extra sbatch options, verbatim (``{constraint: h100, exclusive: true}``).
+        wait: block until every task has finished; ``false`` submits and returns (follow it with
+            ``dlmbench status RUN``).
+    """
+
+    kind: Literal["local", "local-multi", "slurm"] = "local"
+    workers: int | None = None
+    devices: tuple[int, ...] | None = None
+    threads_per_worker: int | None = None
+    pin_cpus: bool | None = None
+    cluster: Literal["slurm", "local", "debug"] = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 60
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int = 16
+    max_requeues: int = 3
+    setup: tuple[str, ...] = ()
+    slurm_additional: dict[str, Any] = field(default_factory=dict)
+    wait: bool = True
+
+    def problems(self) -> list[str]:
+        """Range checks, and submitit's presence for ``slurm``."""
+        out = []
+        for name, low in (
+            ("workers", 1), ("threads_per_worker", 1), ("time_min", 1), ("gpus_per_task", 0),
+            ("cpus_per_task", 1), ("array_parallelism", 1), ("max_requeues", 0),
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < low:
+                out.append(f"'{name}' is {value}; it must be >= {low}.")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            out.append(f"'mem_gb' is {self.mem_gb}; it must be > 0 or null.")
+        if self.devices is not None:
+            if not self.devices or any(d < 0 for d in self.devices):
+                out.append(
+                    f"'devices' is {list(self.devices)}; give GPU indices >= 0, e.g. [0, 1], or "
+                    "null for every visible GPU."
+                )
+            elif len(set(self.devices)) < len(self.devices):
+                out.append(f"'devices' repeats an index in {list(self.devices)}; list each once.")
+        if self.kind == "slurm" and not submitit_available():
+            out.append(
+                "executor 'slurm' needs the submitit package, which is not installed. Install it "
+                f"with: {SLURM_INSTALL_HINT} (or run with --executor local-multi)."
+            )
+        return out
+
+
+def submitit_available() -> bool:
+    """Whether ``import submitit`` works (the ``slurm`` executor's optional dependency)."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def executor_problems(ex: ExecutorConfig, device: str) -> list[str]:
+    """Whether ``ex`` fits ``device``: a GPU per worker, workers × threads within the cores."""
+    import torch
+
+    if ex.kind == "local" or not DEVICE_RE.match(device):
+        return []
+    where = f"executor '{ex.kind}'"
+    if device.startswith("cuda:") and device != "cuda:0":
+        return [
+            f"{where} gives each worker its own GPU (CUDA_VISIBLE_DEVICES), so 'device' must be "
+            f"'cuda', not '{device}'; choose GPUs with executor.devices: [{device[5:]}]."
+        ]
+    if ex.kind == "slurm":
+        return []
+    cores = available_cores()
+    if device.startswith("cuda"):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = list(ex.devices) if ex.devices is not None else list(range(have))
+        out = [
+            f"executor.devices lists GPU {d}, but only {have} GPU(s) are visible (0..{have - 1})."
+            for d in devices
+            if d >= have
+        ]
+        n, what = len(devices), f"{len(devices)} GPU(s) {devices}"
+    else:
+        out, n = [], (1 if device == "mps" else cores)
+        what = "one MPS device" if device == "mps" else f"{cores} CPU core(s)"
+    workers = ex.workers or (n if device.startswith("cuda") else 1)
+    if workers > n:
+        out.append(
+            f"executor.workers is {workers}, more workers than devices: this machine has "
+            f"{what}, and two timed cells must never share one. Set workers <= {n}."
+        )
+    if ex.threads_per_worker and workers * ex.threads_per_worker > cores:
+        out.append(
+            f"executor.workers × threads_per_worker = {workers} × {ex.threads_per_worker} > "
+            f"{cores} cores; lower threads_per_worker to {max(1, cores // workers)} or fewer."
+        )
+    return out
+
+
 @dataclass(frozen=True)
 class Experiment:
     """A whole sweep: checkpoints × samplers × params × seq_lens × batch_sizes × seeds.
@@ -217,6 +361,7 @@ class Experiment:
         dtype: ``float32``, or ``bfloat16`` (autocast; weights stay fp32).
         timing: see :class:`TimingConfig`.
         output_dir: where run folders go.
+        executor: where the cells run; see :class:`ExecutorConfig` (not hashed into cells).
     """
 
     name: str
@@ -229,6 +374,7 @@ class Experiment:
     dtype: Literal["float32", "bfloat16"] = "float32"
     timing: TimingConfig = field(default_factory=TimingConfig)
     output_dir: str = "results"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
 
     def problems(self) -> list[str]:
         """Cross-field checks; a field left ``None`` was malformed and is skipped."""
@@ -246,8 +392,16 @@ class Experiment:
             )
         out += self._reference_problems()
         if self.device is not None:
-            out += device_problems(self.device)
+            out += device_problems(self.device, present=not self._device_elsewhere)
+            if self.executor is not None:
+                out += executor_problems(self.executor, self.device)
         return out
+
+    @property
+    def _device_elsewhere(self) -> bool:
+        """Cells run on Slurm nodes, so the device need not exist on this (submitting) host."""
+        ex = self.executor
+        return ex is not None and ex.kind == "slurm" and ex.cluster == "slurm"
 
     def _reference_problems(self) -> list[str]:
         out = []
@@ -288,12 +442,14 @@ def _axis_problems(name: str, values: Sequence[int] | None, low: int, example: s
     return out
 
 
-def device_problems(device: str) -> list[str]:
-    """Whether ``device`` is well-formed and present (does not initialise CUDA)."""
+def device_problems(device: str, present: bool = True) -> list[str]:
+    """Whether ``device`` is well-formed and (if ``present``) exists here; no CUDA context."""
     import torch
 
     if not DEVICE_RE.match(device):
         return [f"'device' is {device!r}; allowed: cpu, cuda, cuda:<index>, mps."]
+    if not present:
+        return []
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
             return [f"'device' is '{device}' but no CUDA device is available; use device: cpu."]

@@ -20,15 +20,18 @@ import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 import yaml
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 TEMP_PREFIX = ".tmp-"
 
@@ -90,33 +93,90 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def clean_temp(run_dir: Path) -> int:
-    """Remove temporary files left by a killed run; return how many."""
+def clean_temp(run_dir: Path, min_age_s: float = 0.0) -> int:
+    """Remove temporary files left by a killed run; return how many.
+
+    Args:
+        run_dir: the run folder.
+        min_age_s: keep files modified less than this long ago (another process may be writing
+            them: a worker of a parallel executor).
+    """
     n = 0
+    now = time.time()
     for sub in (run_dir, run_dir / "cells", run_dir / "samples"):
         for p in sub.glob(TEMP_PREFIX + "*") if sub.is_dir() else ():
+            try:
+                if min_age_s and now - p.stat().st_mtime < min_age_s:
+                    continue
+            except FileNotFoundError:
+                continue
             p.unlink(missing_ok=True)
             n += 1
     return n
 
 
-def init_run_dir(run_dir: Path, config: dict[str, Any], env: dict[str, Any], env_id: str) -> None:
-    """Create the run folder with ``config.yaml`` and the environment fingerprint.
+def init_run_dir(
+    run_dir: Path,
+    config: dict[str, Any],
+    env: dict[str, Any] | None = None,
+    env_id: str | None = None,
+    *,
+    clean_min_age_s: float = 0.0,
+) -> None:
+    """Create the run folder with ``config.yaml`` and (if given) the environment fingerprint.
 
     A resumed run keeps the first ``env.json``; a differing later fingerprint is stored as
-    ``env-<env_id>.json`` (every row names its ``env_id``).
+    ``env-<env_id>.json`` (every row names its ``env_id``). Parallel executors pass no ``env``:
+    each cell process records its own (:func:`record_env`).
     """
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
-    clean_temp(run_dir)
+    clean_temp(run_dir, clean_min_age_s)
     text = yaml.safe_dump(config, sort_keys=False)
     atomic_write(run_dir / "config.yaml", lambda p: p.write_text(text))
+    if env is not None and env_id is not None:
+        record_env(run_dir, env, env_id)
+
+
+def record_env(run_dir: Path, env: dict[str, Any], env_id: str) -> None:
+    """Store a fingerprint: as ``env.json``, or as ``env-<env_id>.json`` when that one differs.
+
+    Safe when several processes call it at once (the first ``env.json`` is created by a hard link,
+    which fails rather than replaces).
+    """
     doc = json.dumps({"env_id": env_id, **env}, indent=2, default=str) + "\n"
     first = run_dir / "env.json"
-    if not first.exists():
-        atomic_write(first, lambda p: p.write_text(doc))
-    elif json.loads(first.read_text()).get("env_id") != env_id:
-        atomic_write(run_dir / f"env-{env_id}.json", lambda p: p.write_text(doc))
+    if not first.exists() and create_exclusive(first, doc):
+        return
+    if json.loads(first.read_text()).get("env_id") != env_id:
+        other = run_dir / f"env-{env_id}.json"
+        if not other.exists():
+            atomic_write(other, lambda p: p.write_text(doc))
+
+
+def create_exclusive(path: Path, text: str) -> bool:
+    """Write ``path`` complete or not at all, only if it does not exist; return whether it did."""
+    fd, tmp_name = tempfile.mkstemp(prefix=TEMP_PREFIX + path.name + ".", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError:  # no hard links on this file system: exclusive create, then write
+            try:
+                with open(path, "x") as f:
+                    f.write(text)
+            except FileExistsError:
+                return False
+        fsync_dir(path.parent)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _arrow_value(v: Any) -> Any:
@@ -178,6 +238,8 @@ def load_results(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFr
     Raises:
         FileNotFoundError: ``run_dir`` has no ``cells/`` folder.
     """
+    import pandas as pd  # here, not at import: cell processes write shards without pandas
+
     run_dir = Path(run_dir)
     if not (run_dir / "cells").is_dir():
         raise FileNotFoundError(

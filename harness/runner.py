@@ -384,6 +384,14 @@ def prepare_run(
     return ctx, done
 
 
+def pending_cells(
+    cells: Sequence[Cell], done: dict[str, dict], retry_failed: bool = False
+) -> list[Cell]:
+    """The cells to run: those without a shard (and, with ``retry_failed``, failed ones)."""
+    redo = {"error", "oom", "skipped"} if retry_failed else set()
+    return [c for c in cells if c.cell_id not in done or done[c.cell_id]["status"] in redo]
+
+
 def run_experiment(
     config: Experiment | str | Path,
     overrides: Sequence[str] = (),
@@ -394,6 +402,9 @@ def run_experiment(
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> Path:
     """Run every cell of an experiment that has no shard yet; return the run folder.
+
+    ``executor.kind`` ``local`` runs the cells here, in order; ``local-multi`` and ``slurm``
+    hand them to :func:`harness.executors.run_sweep` (same shards, same rows).
 
     Args:
         config: an :class:`Experiment` or a YAML path.
@@ -412,9 +423,14 @@ def run_experiment(
             raise ConfigError(problems, "Invalid experiment")
     else:
         exp, cells = load_experiment(config, overrides)
+    if exp.executor.kind != "local":
+        from harness import executors
+
+        return executors.run_sweep(
+            exp, cells, run_id=run_id, progress=progress, retry_failed=retry_failed, on_row=on_row
+        )
     ctx, done = prepare_run(exp, cells, run_id)
-    redo = {"error", "oom", "skipped"} if retry_failed else set()
-    pending = [c for c in cells if c.cell_id not in done or done[c.cell_id]["status"] in redo]
+    pending = pending_cells(cells, done, retry_failed)
     if retry_failed:
         ctx.oom.clear()
     bar = tqdm(pending, desc=ctx.run_id, unit="cell", disable=not progress, file=sys.stderr)
