@@ -258,6 +258,8 @@ def load_results(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFr
 
 def join_quality(df: pd.DataFrame, run_dir: Path, evaluator: str | None) -> pd.DataFrame:
     """Attach one evaluator's quality columns to the cell rows (left join on ``cell_id``)."""
+    import pandas as pd
+
     files = sorted((run_dir / "quality").glob("*.parquet")) if len(df) else []
     if not files:
         return df
