@@ -4,7 +4,8 @@ Our format is a directory holding
 
 * ``config.json``: ``{"dlmbench_format": 1, "model": {DiTConfig fields}, ...}`` plus optional
   free-form sections (``training``, ``metrics``, ``provenance``);
-* ``model.safetensors``: fp32 tensors named exactly as ``DiT.state_dict()`` (no prefix).
+* ``model.safetensors``: fp32 (or fp16, upcast on load) tensors named exactly as
+  ``DiT.state_dict()`` (no prefix).
 
 Public formats (HF directories, Lightning ``.ckpt``) load through the same entry point,
 :func:`load_checkpoint`.
@@ -58,14 +59,19 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def save_checkpoint(
-    model: DiT, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None
+    model: DiT,
+    out_dir: str | os.PathLike[str],
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``model`` in our format to ``out_dir`` (atomically: temp dir, then rename).
 
     Args:
-        model: the network; its parameters are saved in fp32.
+        model: the network.
         out_dir: target directory (replaced if it exists).
         extra: free-form JSON-serialisable sections to store beside the model config.
+        dtype: storage dtype of the weights (fp32 default; fp16 halves the file, and
+            :func:`load_dlmbench_checkpoint` upcasts to fp32 on load).
 
     Returns:
         The directory written.
@@ -75,9 +81,7 @@ def save_checkpoint(
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    state = {
-        k: v.detach().to("cpu", torch.float32).contiguous() for k, v in model.state_dict().items()
-    }
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(tmp / "model.safetensors"))
     doc = {"dlmbench_format": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
     (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")

@@ -119,9 +119,7 @@ def token_stream(
             return np.load(cached)
     docs = split_documents(load_documents(corpus_path), split)
     ids = tokenizer.encode_batch([d.text for d in docs])
-    stream = np.fromiter(
-        (t for doc in ids for t in [*doc, tokenizer.eos_id]), dtype=np.uint16
-    )
+    stream = np.fromiter((t for doc in ids for t in [*doc, tokenizer.eos_id]), dtype=np.uint16)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(f".{os.getpid()}.tmp.npy")

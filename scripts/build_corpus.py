@@ -135,7 +135,9 @@ def gutenberg_docs(work: Path) -> Iterator[Doc]:
         name = path.stem
         if name in GUTENBERG_SKIP:
             continue
-        paras = paragraphs(path.read_text(encoding="utf-8", errors="replace"), name in GUTENBERG_VERSE)
+        paras = paragraphs(
+            path.read_text(encoding="utf-8", errors="replace"), name in GUTENBERG_VERSE
+        )
         for i, text in enumerate(chunk(paras)):
             yield f"gutenberg/{name}/{i:04d}", "gutenberg", name, text
 
