@@ -302,14 +302,19 @@ def resolve_model(
 
 
 def save_checkpoint(
-    model: DiT, out_dir: str | os.PathLike[str], extra: dict[str, Any] | None = None
+    model: DiT,
+    out_dir: str | os.PathLike[str],
+    extra: dict[str, Any] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write ``model`` in our format to ``out_dir`` (atomically: temp dir, then rename).
 
     Args:
-        model: the network; its parameters are saved in fp32.
+        model: the network.
         out_dir: target directory (replaced if it exists).
         extra: free-form JSON-serialisable sections to store beside the model config.
+        dtype: storage dtype of the weights (fp32 default; fp16 halves the file, and
+            :func:`load_dlmbench_checkpoint` upcasts to fp32 on load).
 
     Returns:
         The directory written.
@@ -317,10 +322,7 @@ def save_checkpoint(
     from safetensors.torch import save_file
 
     def write(tmp: Path) -> None:
-        state = {
-            k: v.detach().to("cpu", torch.float32).contiguous()
-            for k, v in model.state_dict().items()
-        }
+        state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"))
         doc = {"dlmbench_format": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
