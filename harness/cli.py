@@ -7,21 +7,19 @@ arguments, returning the exit code). Another module adds a command by appending 
 Exit codes: 0 success; 1 a run finished with failed cells (status ``error``); 2 bad arguments or
 an invalid config (reported before anything runs or is written).
 """
-# ruff: noqa: B023, E731  (placeholder demo below; replaced by the runner-based demo)
 
 from __future__ import annotations
 
 import argparse
 import math
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from harness.network import DiT, DiTConfig, deterministic_init
+from harness.network import DiT, DiTConfig
 
 EPILOG = """\
 quick start (or: python -m harness ...):
@@ -29,62 +27,6 @@ quick start (or: python -m harness ...):
   dlmbench run configs/smoke.yaml --dry-run
   dlmbench run configs/smoke.yaml && dlmbench show smoke
 """
-
-
-# --------------------------------------------------------------------------------------------
-# demo (placeholder)
-# --------------------------------------------------------------------------------------------
-
-
-def _time(fn, repeats: int = 5) -> float:
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return sorted(ts)[len(ts) // 2]
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Time each network call path on a random-weight cpu-s model (placeholder demo)."""
-    L = args.seq_len
-    rows = []
-    for family in ("mdlm", "bd3lm", "esolm", "ar"):
-        cfg = DiTConfig.from_size("cpu-s", family=family, vocab_size=8193, model_length=L)
-        model = deterministic_init(DiT(cfg)).eval().freeze_conditioning()
-        x = torch.randint(0, 8192, (1, L))
-        with torch.inference_mode():
-            if family == "mdlm":
-                rows.append(("mdlm full forward", L, _time(lambda: model(x))))
-            elif family == "ar":
-                cache = model.new_kv_cache(1, L)
-                model.forward_cached(x[:, : L - 1], cache, start=0, causal=True)
-                step = lambda: model.forward_cached(x[:, -1:], cache, start=L - 1, causal=True)  # noqa: E731
-                rows.append(("ar cached step (last)", 1, _time(step)))
-            elif family == "esolm":
-                cache = model.new_kv_cache(1, L)
-                model.forward_cached(x[:, : L - 2], cache, start=0, causal=True)
-                step = lambda: model.forward_cached(
-                    x[:, -2:], cache, start=L - 2, causal=True, logits=1
-                )  # noqa: E731,E501
-                rows.append(("esolm cached step k_prev=1,k=1", 2, _time(step)))
-            else:
-                cache = model.new_kv_cache(1, L)
-                model.forward_cached(x[:, : L - 16], cache, start=0, causal=False)
-                step = lambda: model.forward_cached(x[:, -16:], cache, start=L - 16, causal=False)  # noqa: E731,E501
-                rows.append(("bd3lm efficient block step B=16", 16, _time(step)))
-    print(f"{'call path':34s} {'fed':>5s} {'ms/call':>9s}")
-    for name, fed, t in rows:
-        print(f"{name:34s} {fed:5d} {t * 1e3:9.2f}")
-    return 0
-
-
-def add_demo_parser(sub: argparse._SubParsersAction) -> None:
-    """``demo``: time the network call paths on a random-weight model (placeholder)."""
-    p = sub.add_parser("demo", help="time the network call paths on a random-weight model")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.set_defaults(fn=cmd_demo)
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,17 +391,23 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     add_ls_parser,
     add_show_parser,
     add_status_parser,
-    add_demo_parser,
 ]
 """``add_parser(subparsers)`` functions; append one to add a command."""
 
 
 def _register_module_commands() -> None:
     """Commands that live beside the code they drive (imported lazily to keep start-up fast)."""
-    from harness import checkpoints, claims, plots, quality_stage
+    from harness import checkpoints, claims, demo, plots, quality_stage, train
 
     SUBCOMMANDS.extend(
-        [checkpoints.add_parser, quality_stage.add_parser, plots.add_parser, claims.add_parser]
+        [
+            demo.add_parser,
+            train.add_parser,
+            checkpoints.add_parser,
+            quality_stage.add_parser,
+            plots.add_parser,
+            claims.add_parser,
+        ]
     )
 
 

@@ -219,11 +219,8 @@ class MDLMAncestral:
             masked = x == mask_id  # (b, L)
             if self.policy.adaptive and not bool(masked.any()):
                 break
-            log_p = self.denoise(model, x)  # (b, L, V) float64
-            proposal, confidence = propose(log_p, generator)  # (b, L) each
             k = (plan.commit_step == i).sum(dim=-1)  # (b,)
-            commit = self.policy.select(confidence, masked, k, generator)  # (b, L) bool
-            x = torch.where(commit, proposal, x)
+            x, commit = self.step(model, x, masked, k, generator)
             n_calls += 1
             if self.policy.adaptive:
                 sizes.append(float(commit.sum()) / b)
@@ -236,6 +233,29 @@ class MDLMAncestral:
             calls=[(L, L, L, L)] * n_calls,
             info=dict(plan.info),
         )
+
+    def step(
+        self, model: Any, x: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """One call: forward, then commit k tokens per row; returns (new x, commit mask).
+
+        A policy that reads confidence needs a proposal at every position (b, L, V). Otherwise
+        (random, left-to-right) the positions are chosen first and tokens are drawn only where
+        they commit, (n_commit, V): the same distribution, without float64 SUBS and Gumbel
+        noise over the whole (b, L, V) canvas.
+        """
+        if getattr(self.policy, "uses_confidence", True):
+            log_p = self.denoise(model, x)  # (b, L, V) float64
+            proposal, confidence = propose(log_p, generator)  # (b, L) each
+            commit = self.policy.select(confidence, masked, k, generator)  # (b, L) bool
+            return torch.where(commit, proposal, x), commit
+        commit = self.policy.select(None, masked, k, generator)  # (b, L) bool
+        logits = model(x)[commit]  # (n_commit, V)
+        log_p = subs_log_probs(logits, model.config.mask_id, self.config.temperature)
+        log_p = top_p_filter(log_p, self.config.top_p, self.config.top_p_convention)
+        x = x.clone()
+        x[commit] = gumbel_argmax(log_p, generator)
+        return x, commit
 
     def denoise(self, model: Any, x: Tensor) -> Tensor:
         """Full bidirectional forward, SUBS, temperature, top-p: (b, L) → (b, L, V) float64."""

@@ -84,6 +84,9 @@ class UnmaskPolicy(Protocol):
 
     name: ClassVar[str]
     adaptive: ClassVar[bool]
+    #: Whether ``select`` reads ``confidence``. A policy that does not (random, left-to-right)
+    #: lets samplers choose positions first and draw tokens only where they commit.
+    uses_confidence: ClassVar[bool]
 
     def select(
         self, confidence: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
@@ -91,7 +94,8 @@ class UnmaskPolicy(Protocol):
         """Choose positions to commit.
 
         Args:
-            confidence: (b, n) float64 probability of each position's proposed token.
+            confidence: (b, n) float64 probability of each position's proposed token; ``None``
+                for a policy whose ``uses_confidence`` is false.
             masked: (b, n) bool, positions still masked.
             k: (b,) int64 tokens to commit per row (adaptive policies treat it as a floor).
             generator: random source on the same device.
@@ -279,6 +283,7 @@ class RandomPolicy:
 
     name = "random"
     adaptive = False
+    uses_confidence = False
 
     def select(
         self, confidence: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
@@ -294,6 +299,7 @@ class LeftToRight:
 
     name = "left_to_right"
     adaptive = False
+    uses_confidence = False
 
     def select(
         self, confidence: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
@@ -314,6 +320,7 @@ class Confidence:
 
     name = "confidence"
     adaptive = False
+    uses_confidence = True
 
     def select(
         self, confidence: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
@@ -338,6 +345,7 @@ class Threshold:
 
     name = "threshold"
     adaptive = True
+    uses_confidence = True
 
     def __init__(self, threshold: float = 0.9) -> None:
         if isinstance(threshold, bool) or not 0.0 < float(threshold) <= 1.0:
