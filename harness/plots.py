@@ -307,6 +307,8 @@ def _finish(
 ) -> None:
     ax.set_xscale("log" if logx else "linear")
     ax.set_yscale("log" if logy else "linear")
+    if logx:
+        _plain_log_ticks(ax.xaxis)
     if logy:
         _plain_log_ticks(ax.yaxis)
     ylabel = label_for(y)
