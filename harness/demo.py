@@ -69,6 +69,9 @@ def run_demo(
     from harness.runner import run_experiment
 
     run_dir = run_experiment(config, overrides)
+    if evaluator == DEFAULT_EVALUATOR and not Path(DEFAULT_EVALUATOR[4:]).is_dir():
+        evaluator = "dit:checkpoints/ar"  # a checkout without the evaluator: the AR baseline
+        print(f"note: {DEFAULT_EVALUATOR[4:]} not found; scoring with {evaluator} instead")
     score_run(run_dir, evaluator)
     df = load_results(run_dir)
     df["method"] = df.apply(method_label, axis=1)
