@@ -424,6 +424,7 @@ def step_mask(start: int, n: int, device: torch.device) -> Tensor:
 class _Frozen:
     blocks: list[tuple[Tensor, ...]] = field(default_factory=list)
     final: tuple[Tensor, Tensor] | None = None
+    versions: tuple[int, ...] = ()  # in-place version counters of the parameters it read
 
 
 class DiT(nn.Module):
@@ -475,16 +476,30 @@ class DiT(nn.Module):
             return None
         live = sigma is not None and self.config.time_conditioning
         if self._frozen is not None and not live:
-            return self._frozen
+            if self._frozen.versions == self._conditioning_versions():
+                return self._frozen
+            # Weights were changed in place (an EMA swap, p.copy_): the vectors are stale.
+            return self.freeze_conditioning()._frozen
         c = self._conditioning(sigma, 1, device)
-        out = _Frozen()
+        out = _Frozen(versions=self._conditioning_versions())
         for blk in self.blocks:
             out.blocks.append(tuple(blk.adaLN_modulation(c)[:, None].chunk(6, dim=-1)))
         out.final = tuple(self.output_layer.adaLN_modulation(c)[:, None].chunk(2, dim=-1))
         return out
 
+    def _conditioning_params(self) -> list[Tensor]:
+        mods = [blk.adaLN_modulation for blk in self.blocks] + [self.output_layer.adaLN_modulation]
+        return [*self.sigma_map.parameters(), *(p for m in mods for p in m.parameters())]
+
+    def _conditioning_versions(self) -> tuple[int, ...]:
+        return tuple(p._version for p in self._conditioning_params())
+
     def freeze_conditioning(self) -> DiT:
-        """Precompute the AdaLN vectors for σ = 0 (inference only; cleared by train/load/to)."""
+        """Precompute the AdaLN vectors for σ = 0 (inference only).
+
+        Cleared by ``train()``, ``load_state_dict`` and ``.to()``; recomputed automatically when
+        a parameter they depend on is modified in place (its version counter moves).
+        """
         if self.config.adaln:
             with torch.no_grad():
                 self._frozen = None
