@@ -130,7 +130,8 @@ def test_shipped_training_configs_load_and_start_with_their_command(name):
     assert cfg.name == name
     with open(path) as f:
         head = f.read().split("\n")[:6]
-    assert any(f"python -m harness.train {path}" in line for line in head)
+    commands = (f"python -m harness.train {path}", f"dlmbench train {path}")
+    assert any(c in line for line in head for c in commands)
     assert any("Takes:" in line for line in head)
 
 
