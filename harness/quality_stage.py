@@ -133,11 +133,26 @@ def load_quality(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFr
     return q if evaluator is None else q[q["evaluator"] == evaluator]
 
 
+def heldout_references(n: int = 256, chars: int = 600) -> list[str]:
+    """Held-out human text for MAUVE: the first ``chars`` characters of validation documents.
+
+    The validation split of the offline corpus (``harness.data``) is never trained on; about 600
+    characters ≈ 128 tokens of our BPE, the demo's sample length.
+    """
+    from harness.data import load_documents, split_documents
+
+    docs = split_documents(load_documents(), "validation")
+    texts = [d.text[i : i + chars] for d in docs for i in range(0, len(d.text) - chars, chars)]
+    return texts[:n]
+
+
 def cmd_quality(args: argparse.Namespace) -> int:
     """``dlmbench quality RUN --evaluator SPEC``."""
     refs = None
     if args.mauve_reference:
         refs = [t for t in Path(args.mauve_reference).read_text().split("\n\n") if t.strip()]
+    elif args.mauve:
+        refs = heldout_references()
     out = score_run(
         args.run,
         args.evaluator,
@@ -168,9 +183,14 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--protocol", default="esolm", choices=sorted(PROTOCOLS))
     p.add_argument(
+        "--mauve",
+        action="store_true",
+        help="also compute MAUVE against held-out corpus text (optional extra dlmbench[mauve])",
+    )
+    p.add_argument(
         "--mauve-reference",
         default=None,
-        help="text file of held-out documents separated by blank lines",
+        help="text file of reference documents separated by blank lines (implies --mauve)",
     )
     p.add_argument("--force", action="store_true", help="re-score cells already scored")
     p.add_argument("--device", default="cpu")

@@ -78,6 +78,25 @@ def test_score_run_equals_direct_metrics_and_joins(tmp_path, ar_checkpoint):
     assert torch.equal(tokens, load_samples(run_dir, row["cell_id"]))
 
 
+def test_mauve_against_reference_texts(tmp_path, ar_checkpoint):
+    pytest.importorskip("mauve")
+    config = {
+        "name": "qmauve",
+        "checkpoints": {"ar": str(ar_checkpoint)},
+        "samplers": [{"name": "ar", "sampler": "ar"}],
+        "seq_lens": [24],
+        "batch_sizes": [6],
+        "timing": {"mode": "full", "repeats": 1, "warmup": 0},
+        "output_dir": str(tmp_path / "results"),
+    }
+    cfg_path = tmp_path / "m.yaml"
+    cfg_path.write_text(yaml.safe_dump(config))
+    run_dir = run_experiment(cfg_path, progress=False)
+    refs = [f"the cat sat on the mat number {i} and the dog sat on the log" for i in range(12)]
+    out = score_run(run_dir, f"dit:{ar_checkpoint}", reference_texts=refs)
+    assert 0.0 <= out["mauve"].item() <= 1.0 and out["mauve_n_seeds"].item() == 3
+
+
 def test_unknown_protocol_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown Gen PPL protocol 'bd3'"):
         score_run(tmp_path, "dit:x", protocol="bd3")
