@@ -36,11 +36,15 @@ full-mode run (SUBS, top-p, Gumbel, commits) is not in a ``CallRecord`` and is n
   ``combine="sum"``: overhead + max(compute, memory), the CPU picture: one thread dispatches and
   computes, so nothing overlaps. Default: ``sum`` on CPU, ``max`` on CUDA. With ``model=`` the
   overhead is measured (:func:`calibrate_calls`) so that the model reproduces a 1-token call.
-* ``table`` (CPU; the default there when ``model=`` is given): per call, fixed overhead +
-  per-token elementwise time + the time of each GEMM and each attention call read from a
-  :class:`MicroTable` of measured op times (interpolated over a power-of-two grid of sizes).
-  Calibration comes only from micro-measurements: the table's op timings and two calls of the
-  architecture itself (:func:`calibrate_calls`), never from sampler timings.
+* ``table`` (CPU; the default there when ``model=`` is given): per call, the time of each GEMM
+  and each attention call read from a :class:`MicroTable` of measured op times (interpolated
+  over a power-of-two grid of sizes; the reference BD3-LM path also pays a measured rotary op
+  on every re-attended row), plus the architecture's *residual*: what a call costs beyond those
+  ops (dispatch, LayerNorm, AdaLN, rotary, GELU, cache writes, the final layer), measured on
+  bidirectional calls feeding 1-512 tokens with and without the head and interpolated in the
+  fed tokens, plus, for an Eso-LM step, the measured extra of its masked step path.
+  Calibration comes only from micro-measurements: the table's op timings and a few calls of the
+  architecture itself at fixed shapes (:func:`calibrate_calls`), never from sampler timings.
 
 Evidence (2-vCPU AMD EPYC dev box, torch 2.13 CPU, fp32, one thread, cpu-s with V = 8193, batch
 1; ``tests/bench/test_costmodel_bench.py``; the box is shared, so repeated runs vary by ≈ ±10 %):
@@ -61,11 +65,19 @@ Evidence (2-vCPU AMD EPYC dev box, torch 2.13 CPU, fp32, one thread, cpu-s with 
   1.03 and 1.13; AR / Eso-LM 1.05 and 1.22. Eso-LM steps are the most underpredicted calls
   (≈ 5-10 %: a 2-token call inside the network costs ≈ 35 µs more than its parts measured
   alone), which inflates every ratio over Eso-LM by as much.
-* Known misses: a BD3-LM block call's head runs ≈ 60 µs slower inside the network than alone
-  (cache state; 5-15 % of that call), the head's fixed ops on store passes sit in the overhead,
-  the reference path's rotation of every cached row is not counted, and the sampler's own loop
-  (slicing, bookkeeping) adds a few µs per step. Evicting L2 between table calls, to mimic the
-  network, was tried and made full forwards 5-9 % worse without helping small calls.
+* Residual curve (2 threads, wall clock): an affine residual through 1 and 64 tokens predicted
+  a 512-token forward 10 % slow (elementwise ops on > 64 rows go multi-threaded: 9 → 6 µs per
+  token) and a 4-token BD3-LM block call 12 % fast (the head's fixed ops: ≈ 75 µs); the curve
+  brought single calls (Eso-LM steps at 2-510 keys, BD3-LM block and store calls at L′ = 4 and
+  16, full forwards at 128 and 512) to 0.95-1.02. The CPU-scaled Table 11 run
+  (``configs/paper/table11_cpu.yaml``, 2 threads, fresh cache) then measured / predicted
+  1.00-1.06 per cell except the reference BD3-LM L′ = 4 cells (1.08, 1.19), and every ratio
+  over Eso-LM within -2 % … +16 % of the prediction (it was -22 % … +35 % before the rotary op
+  and the curve).
+* Known misses: the reference path's per-call concatenations and slicing of the whole cache are
+  only partly in the table, and the sampler's own loop (slicing, bookkeeping) adds a few µs per
+  step. Evicting L2 between table calls, to mimic the network, was tried and made full forwards
+  5-9 % worse without helping small calls.
 
 Measured numbers are cached in JSON under ``$DLMBENCH_CACHE_DIR`` (default
 ``~/.cache/dlmbench``), keyed by a machine fingerprint, device, dtype and thread count. With one
@@ -75,7 +87,9 @@ machine does not inflate them; elsewhere in wall time, with a warning when the m
 
 from __future__ import annotations
 
+import bisect
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -92,7 +106,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from harness.network import DiTConfig, step_mask
+from harness.network import DiTConfig, rotate, step_mask
 
 CallRecord = tuple[int, int, int, int]
 """(fed, attention queries, attention keys, head rows) per batch row; see ``samplers.base``."""
@@ -619,6 +633,18 @@ class MicroTable:
         t0, t1 = self._point("step_mask", (q, lo)), self._point("step_mask", (q, hi))
         return _lerp(keys, lo, hi, t0, t1)
 
+    def rotate_s(self, b: int, rows: int, H: int, dh: int) -> float:
+        """Seconds of one rotary application (``network.rotate``) to (b, rows, H, d_h) rows.
+
+        The reference BD3-LM path rotates Q and K of every cached row at every call; other paths
+        rotate only the fed rows, which the per-token calibration already covers.
+        """
+        if rows <= 0:
+            return 0.0
+        lo, hi = _pow2_bracket(rows, 1 << 30)
+        t0, t1 = self._point("rotate", (b, lo, H, dh)), self._point("rotate", (b, hi, H, dh))
+        return _lerp(rows, lo, hi, t0, t1)
+
     def save(self) -> None:
         """Write newly measured points to the JSON cache (no-op when nothing is new)."""
         if self.persist and self._dirty:
@@ -678,6 +704,12 @@ class MicroTable:
                 q, kk = shape
                 start = max(kk - q, 0)
                 fn = lambda: step_mask(start, q, torch.device(dev))  # noqa: E731
+            elif kind == "rotate":
+                b, rows, H, dh = shape
+                # A Q (or K) view of the QKV cache buffer, as the reference path rotates it.
+                x = rnd(b, rows, 3, H, dh)[:, :, 0]
+                cos, sin = rnd(rows, 1, dh), rnd(rows, 1, dh)
+                fn = lambda: rotate(x, cos, sin)  # noqa: E731
             else:
                 b, H, q, kk, dh = shape
                 qt = rnd(b, q, H, dh).transpose(1, 2)
@@ -694,6 +726,21 @@ class MicroTable:
 
 CALIBRATION_TOKENS = 64
 """Fed tokens of the second calibration call (the first feeds one)."""
+
+CALIBRATION_CURVE = (1, 2, 4, 16, 64, 512)
+"""Fed tokens of the residual-curve calls (CPU). The time a call spends beyond its GEMMs,
+attention and head (LayerNorm, AdaLN modulation, rotary, GELU, residuals, cache writes, the
+final layer's ops, dispatch) is not affine in the fed tokens: on a few rows the fixed ops of the
+head dominate, and above ≈ 64 rows the elementwise ops cross PyTorch's parallel grain and spread
+over every thread (measured on the cpu-s DiT, 2 threads: 9 → 6 µs per token). Measured at these
+points, with and without the head, and interpolated linearly. An affine fit through 1 and 64
+tokens predicted a 512-token forward 10 % slow and a 4-token BD3-LM block call 12 % fast."""
+
+CALIBRATION_WARMUP_S = 0.5
+"""Seconds of untimed calls before a calibration is sampled (see :func:`_warm_up`)."""
+
+CALIBRATION_FILE = "calibration-v2.json"
+"""Cache file of :class:`CallCalibration` entries (v2: with the residual curve and step point)."""
 
 CALIBRATION_SAMPLES = 15
 """Samples per calibration call (each ≥ 10 ms of repeated calls), taken in rounds of 3 spread
@@ -719,6 +766,16 @@ class CallCalibration:
         load: 1-minute load average per usable CPU when measured (see :func:`machine_load`).
         clock: ``thread_time`` (CPU time, one thread) or ``perf_counter`` (wall); see
             :func:`measurement_clock`.
+        curve_tokens: fed tokens of the residual curve (CPU; empty when not measured, and
+            then ``fixed_s + per_token_s·n`` stands in for it).
+        curve_head_s: residual seconds (measured − table ops) of a bidirectional cached call
+            feeding n tokens with the head on every row, per ``curve_tokens`` entry.
+        curve_store_s: the same without the head (store passes).
+        step_extra_s: extra fixed time of an Eso-LM step call (a boolean step mask, rotary
+            gathered by π, re-fed rows, head on the new rows only) over a plain 2-token call:
+            measured on a (fed 2, keys 3, head 1) step call, its table ops and the curve's
+            2-token residual subtracted. 0 for other families.
+        step_call_s: that call's measured time.
     """
 
     fixed_s: float
@@ -731,6 +788,32 @@ class CallCalibration:
     threads: int
     load: float = math.nan
     clock: str = "perf_counter"
+    curve_tokens: tuple[int, ...] = ()
+    curve_head_s: tuple[float, ...] = ()
+    curve_store_s: tuple[float, ...] = ()
+    step_extra_s: float = 0.0
+    step_call_s: float = math.nan
+
+    def residual_s(self, tokens: int, head: bool = True) -> float:
+        """Seconds beyond the table's ops of a call feeding ``tokens`` rows (batch × fed).
+
+        Linear between the curve's points; beyond the last, at its last segment's slope.
+        """
+        if len(self.curve_tokens) < 2:
+            return self.fixed_s + self.per_token_s * tokens
+        xs, ys = self.curve_tokens, self.curve_head_s if head else self.curve_store_s
+        i = max(1, min(bisect.bisect_left(xs, tokens), len(xs) - 1))
+        return _lerp(tokens, xs[i - 1], xs[i], ys[i - 1], ys[i])
+
+    def overhead_s(self, rec: CallRecord) -> float:
+        """The one-row residual of the call's kind, plus ``step_extra_s`` on an Eso-LM step."""
+        step = self.step_extra_s if call_mask(rec) == "step" else 0.0
+        return self.residual_s(1, head=rec[3] > 0) + step
+
+    def elementwise_s(self, rec: CallRecord, batch_size: int) -> float:
+        """The residual's growth from one row to the call's b × fed rows."""
+        head = rec[3] > 0
+        return self.residual_s(batch_size * rec[0], head) - self.residual_s(1, head)
 
 
 def _config_key(cfg: DiTConfig) -> str:
@@ -769,6 +852,10 @@ def _time_model_calls(model: Any, n: int, device: str) -> tuple[float, float]:
     t1: list[float] = []
     tn: list[float] = []
     with torch.inference_mode():
+        _warm_up(
+            lambda: model.forward_cached(x[:, :1], cache, start=0, causal=True),
+            lambda: model.forward_cached(x, cache, start=0, causal=False),
+        )
         for r in range(max(1, CALIBRATION_SAMPLES // 3)):
             if r:
                 time.sleep(0.05)
@@ -785,6 +872,74 @@ def _time_model_calls(model: Any, n: int, device: str) -> tuple[float, float]:
                 samples=3,
             )
     return min(t1), min(tn)
+
+
+def _warm_up(*fns: Callable[[], Any]) -> None:
+    """Run ``fns`` in turn for :data:`CALIBRATION_WARMUP_S` seconds, untimed.
+
+    A process's first calls (allocator growth, page faults, clock ramp-up) ran 40-50 % slow in
+    every sample of a 0.5 s calibration.
+    """
+    t_end = time.perf_counter() + CALIBRATION_WARMUP_S
+    while time.perf_counter() < t_end:
+        for fn in fns:
+            fn()
+
+
+def _time_step_call(model: Any, device: str) -> float:
+    """Best seconds of an Eso-LM step call: 2 rows fed after 1 cached, causal, head on 1.
+
+    The call path of ``samplers.esolm.decode_cached`` at its second step (record (2, 2, 3, 1)),
+    with rotary tables gathered by an order, as the sampler passes them.
+    """
+    cache = model.new_kv_cache(1, 3)
+    order = torch.arange(3, device=device)[None]
+    cos, sin = model.rotary_emb.tables(order)
+    x = torch.full((1, 3), model.config.mask_id, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        model.forward_cached(x[:, :1], cache, start=0, causal=True, rope=(cos[:, :1], sin[:, :1]))
+
+        def step() -> Any:
+            return model.forward_cached(
+                x[:, 1:], cache, start=1, causal=True, rope=(cos[:, 1:], sin[:, 1:]), logits=1
+            )
+
+        samples: list[float] = []
+        for r in range(max(1, CALIBRATION_SAMPLES // 3)):
+            if r:
+                time.sleep(0.05)
+            samples += time_samples(step, device, sample_s=0.01, samples=3)
+    return min(samples)
+
+
+def _time_curve(model: Any, points: tuple[int, ...], device: str) -> dict[str, list[float]]:
+    """Best seconds of bidirectional cached calls feeding n ∈ ``points`` tokens.
+
+    With the head on every row (``head``) and without it (``store``), sampled in interleaved
+    rounds so that a change of machine load affects every point alike.
+    """
+    n_max = max(points)
+    cache = model.new_kv_cache(1, n_max)
+    g = torch.Generator(device="cpu").manual_seed(1)
+    x = torch.randint(0, model.config.vocab_size - 1, (1, n_max), generator=g).to(device)
+    fns = {
+        (kind, n): (
+            lambda n=n, h=(kind == "head"): model.forward_cached(
+                x[:, :n], cache, start=0, causal=False, return_logits=h
+            )
+        )
+        for kind in ("head", "store")
+        for n in points
+    }
+    best = dict.fromkeys(fns, math.inf)
+    with torch.inference_mode():
+        _warm_up(*fns.values())
+        for r in range(max(1, CALIBRATION_SAMPLES // 3)):
+            if r:
+                time.sleep(0.05)
+            for k, fn in fns.items():
+                best[k] = min(best[k], *time_samples(fn, device, sample_s=0.01, samples=3))
+    return {kind: [best[(kind, n)] for n in points] for kind in ("head", "store")}
 
 
 def machine_load() -> float:
@@ -826,7 +981,10 @@ def calibrate_calls(
     two residuals give ``fixed_s + per_token_s·n`` for n = 1 and 64. On CUDA, where the host
     enqueues kernels ahead of the device and the max-combined roofline applies, ``fixed_s`` is
     the 1-token latency itself (a DiT-small 1-token call computes ≈ 1 % of it) and
-    ``per_token_s = 0``. Cached per (machine, device, dtype, threads, architecture).
+    ``per_token_s = 0``. On CPU the table prediction uses, instead of that affine pair, the
+    residual curve over :data:`CALIBRATION_CURVE` fed tokens with and without the head, and,
+    for Eso-LM, a step call with its boolean mask (``step_extra_s``). Cached per (machine,
+    device, dtype, threads, architecture).
 
     Args:
         model: a :class:`~harness.network.DiT` in eval mode on ``device`` in ``dtype``
@@ -850,20 +1008,43 @@ def calibrate_calls(
         )
     frozen = getattr(model, "_frozen", None) is not None or not model.config.adaln
     key = f"{measurement_key(device, dtype)}|{_config_key(model.config)}|frozen={frozen}"
-    cached = _read_json("calibration.json").get(key)
-    if cached and not refresh:
-        return CallCalibration(**cached)
+    cached = _read_json(CALIBRATION_FILE).get(key)
+    known = {f.name for f in fields(CallCalibration)}
+    if cached and not refresh and set(cached) <= known:  # else: an older layout, re-measure
+        curve = ("curve_tokens", "curve_head_s", "curve_store_s")
+        return CallCalibration(**{k: tuple(v) if k in curve else v for k, v in cached.items()})
     n = CALIBRATION_TOKENS
     load = _warn_if_loaded(f"the call overhead of {_config_key(model.config)}", device)
     t1, tn = _time_model_calls(model, n, device)
     cfg = model.config
+    extra: dict[str, Any] = {}
     if torch.device(device).type == "cpu":
         table = table or MicroTable(device, dtype)
         r1 = t1 - _table_ops_s(cfg, (1, 1, 1, 1), 1, table)
         rn = tn - _table_ops_s(cfg, (n, n, n, n), 1, table)
-        table.save()
         per_tok = max(0.0, (rn - r1) / (n - 1))
         fixed = max(0.0, r1 - per_tok)
+        pts = tuple(sorted(set(CALIBRATION_CURVE)))
+        curve = _time_curve(model, pts, device)
+        res = {
+            kind: [
+                t - _table_ops_s(cfg, (n, n, n, n if kind == "head" else 0), 1, table)
+                for n, t in zip(pts, times, strict=True)
+            ]
+            for kind, times in curve.items()
+        }
+        extra.update(
+            curve_tokens=pts,
+            curve_head_s=tuple(itertools.accumulate(res["head"], max)),  # monotone in n
+            curve_store_s=tuple(itertools.accumulate(res["store"], max)),
+        )
+        if cfg.family == "esolm":
+            rec = (2, 2, 3, 1)
+            t_step = _time_step_call(model, device)
+            partial = CallCalibration(fixed, per_tok, t1, n, tn, device, "", 1, **extra)
+            r_step = t_step - _table_ops_s(cfg, rec, 1, table) - partial.residual_s(2)
+            extra.update(step_extra_s=max(0.0, r_step), step_call_s=t_step)
+        table.save()
     else:  # CUDA: the host enqueues ahead of the device; the 1-token latency is the floor
         per_tok, fixed = 0.0, t1
     cal = CallCalibration(
@@ -877,8 +1058,9 @@ def calibrate_calls(
         torch.get_num_threads(),
         load,
         measurement_clock(device).__name__,
+        **extra,
     )
-    _merge_json("calibration.json", key, asdict(cal))
+    _merge_json(CALIBRATION_FILE, key, asdict(cal))
     return cal
 
 
@@ -945,6 +1127,8 @@ def _table_parts(
     att = N * table.sdpa_s(b, cfg.n_heads, q, keys, cfg.head_dim, masked=mask != "none")
     if mask == "step":
         att += table.step_mask_s(q, keys)
+    if mask == "block":  # the reference path rotates Q and K of every row it re-attends
+        att += N * 2 * table.rotate_s(b, q, cfg.n_heads, cfg.head_dim)
     hd = table.gemm_s(b * head, cfg.hidden_size, cfg.vocab_size, True)
     return {"linear_s": lin, "attention_s": att, "head_s": hd}
 
@@ -1037,8 +1221,8 @@ def _predict_table(
     )
     for rec, n in counts.items():
         parts = _table_parts(cfg, rec, batch_size, table)
-        parts["overhead_s"] = cal.fixed_s
-        parts["elementwise_s"] = cal.per_token_s * batch_size * rec[0]
+        parts["overhead_s"] = cal.overhead_s(rec)
+        parts["elementwise_s"] = cal.elementwise_s(rec, batch_size)
         for k, v in parts.items():
             out[k] += n * v
             out["predicted_s"] += n * v

@@ -391,6 +391,9 @@ def fake_times(kind, shape):
     if kind == "step_mask":
         q, keys = shape
         return 5e-6 + 1e-9 * q * keys
+    if kind == "rotate":
+        b, rows, H, dh = shape
+        return 1e-6 + 1e-10 * b * rows * H * dh
     b, H, q, keys, dh = shape
     t = 2e-6 + 1e-8 * q + 3e-8 * keys + 1e-9 * b * H * q * keys * dh / 32
     return t * (1.2 if kind == "sdpa_mask" else 1.0)
@@ -504,6 +507,8 @@ def test_table_model_composes_the_parts_by_hand():
         attn = fake_times(masks[mask], (b, cfg.n_heads, q, keys, cfg.head_dim))
         want += cfg.n_blocks * attn
         want += fake_times("step_mask", (q, keys)) if mask == "step" else 0.0
+        rot = fake_times("rotate", (b, q, cfg.n_heads, cfg.head_dim))
+        want += cfg.n_blocks * 2 * rot if mask == "block" else 0.0  # every re-attended row
         want += fake_times("gemm", (b * head, 128, 8193, 1)) if head else 0.0
     got = predict_breakdown(cfg, calls, b, peaks, 4, calibration=cal, table=table)
     assert got["method_table"] == 1.0
@@ -530,15 +535,20 @@ def test_method_and_combine_errors_name_the_value():
 def test_calibration_of_a_real_tiny_model_is_cached_and_used(monkeypatch):
     monkeypatch.setattr(cm, "TABLE_SAMPLES", 2)
     monkeypatch.setattr(cm, "CALIBRATION_SAMPLES", 2)
+    monkeypatch.setattr(cm, "CALIBRATION_WARMUP_S", 0.01)
+    monkeypatch.setattr(cm, "CALIBRATION_CURVE", (1, 4, 128))
     model = tiny_model("esolm")
     cal = cm.calibrate_calls(model)
     assert cal.fixed_s > 0 and cal.per_token_s >= 0 and cal.one_token_s >= cal.fixed_s
+    assert cal.curve_tokens == (1, 4, 128) and len(cal.curve_head_s) == len(cal.curve_store_s) == 3
+    assert list(cal.curve_head_s) == sorted(cal.curve_head_s)  # monotone in the fed tokens
+    assert cal.step_extra_s >= 0 and cal.step_call_s > 0  # Eso-LM: the step path is measured
     assert cal.n_tokens == cm.CALIBRATION_TOKENS and cal.dtype == "float32"
     monkeypatch.setattr(cm, "_time_model_calls", lambda *a: pytest.fail("re-measured"))
     assert cm.call_overhead(model, "cpu", torch.float32) == cal.fixed_s
     peaks = Peaks(1e11, 4e10, 0.0, "cpu", "float32", "hand")
     one = predict_breakdown(model.config, [(1, 1, 1, 1)], 1, peaks, 4, model)
-    assert one["method_table"] == 1.0 and one["overhead_s"] == cal.fixed_s
+    assert one["method_table"] == 1.0 and one["overhead_s"] == cal.overhead_s((1, 1, 1, 1))
     roof = predict_breakdown(model.config, [(1, 1, 1, 1)], 1, peaks, 4, model, method="roofline")
     assert roof["predicted_s"] == pytest.approx(cal.one_token_s)  # overhead = t1 − its compute
     roof_max = predict_breakdown(
@@ -577,3 +587,21 @@ def test_gpu_peaks_and_calibration_on_a_real_device():
         max(got["overhead_s"], got["compute_s"], got["memory_s"])
     )
     assert got["predicted_s"] == pytest.approx(cal.one_token_s, rel=1e-6)
+
+
+def test_calibration_residual_curve_interpolates_and_step_calls_pay_their_extra():
+    cal = CallCalibration(4e-4, 2e-5, 5e-4, 64, 3e-3, "cpu", "float32", 2,
+                          curve_tokens=(1, 4, 64, 512), curve_head_s=(5e-4, 6e-4, 1.2e-3, 4e-3),
+                          curve_store_s=(3e-4, 4e-4, 1e-3, 3.8e-3), step_extra_s=1e-4)  # fmt: skip
+    assert cal.residual_s(1) == pytest.approx(5e-4)
+    assert cal.residual_s(2) == pytest.approx(5e-4 + 1e-4 / 3)
+    assert cal.residual_s(34) == pytest.approx(9e-4)
+    assert cal.residual_s(1024) == pytest.approx(4e-3 + 512 * 2.8e-3 / 448)  # last slope
+    assert cal.residual_s(4, head=False) == pytest.approx(4e-4)
+    step, ar, store = (2, 2, 130, 1), (1, 1, 130, 1), (4, 4, 64, 0)
+    assert cal.overhead_s(step) == pytest.approx(6e-4)  # an Eso-LM step: + step_extra_s
+    assert cal.overhead_s(ar) == pytest.approx(5e-4)
+    assert cal.overhead_s(store) + cal.elementwise_s(store, 1) == pytest.approx(4e-4)
+    assert cal.overhead_s(ar) + cal.elementwise_s(ar, 16) == pytest.approx(cal.residual_s(16))
+    old = CallCalibration(4e-4, 2e-5, 5e-4, 64, 3e-3, "cpu", "float32", 2)  # no curve: affine
+    assert old.overhead_s(ar) + old.elementwise_s(ar, 10) == pytest.approx(4e-4 + 10 * 2e-5)
