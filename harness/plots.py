@@ -427,7 +427,10 @@ def _select(df: pd.DataFrame, sel: dict[str, Any]) -> pd.DataFrame:
 
 
 def default_pairs(df: pd.DataFrame, denominator: str = "esolm") -> list[tuple[Selector, Selector]]:
-    """Every other sampler over ``denominator``, split by ``p_block_size`` where it varies.
+    """Every other sampler over ``denominator``, split by each ``p_*`` column that varies.
+
+    E.g. BD3-LM rows with ``p_block_size`` ∈ {4, 16} and ``p_cache`` ∈ {reference, efficient}
+    give four numerators.
 
     Raises:
         PlotError: ``denominator`` is not among the rows' samplers.
@@ -440,17 +443,22 @@ def default_pairs(df: pd.DataFrame, denominator: str = "esolm") -> list[tuple[Se
         )
     pairs: list[tuple[Selector, Selector]] = []
     for s in (s for s in samplers if s != denominator):
-        sizes = []
-        if "p_block_size" in df.columns:
-            sizes = sorted(df.loc[df["sampler"] == s, "p_block_size"].dropna().unique())
-        if len(sizes) > 1:
-            pairs += [({"sampler": s, "p_block_size": _plain(b)}, denominator) for b in sizes]
-        else:
+        rows = df[df["sampler"] == s]
+        varying = [c for c in rows.columns if c.startswith("p_") and rows[c].dropna().nunique() > 1]
+        if not varying:
             pairs.append((s, denominator))
+            continue
+        combos = rows[varying].dropna().drop_duplicates().sort_values(varying)
+        for combo in combos.itertuples(index=False):
+            sel = {"sampler": s, **{c: _plain(v) for c, v in zip(varying, combo, strict=True)}}
+            pairs.append((sel, denominator))
     return pairs
 
 
 def _plain(v: Any) -> Any:
+    """A numpy scalar as a plain int (whole numbers) or float; strings and flags unchanged."""
+    if isinstance(v, str | bool) or not isinstance(v, int | float | np.number):
+        return v
     f = float(v)
     return int(f) if f.is_integer() else f
 
@@ -483,10 +491,13 @@ def _published_ratios(claims: pd.DataFrame | None, num: dict, den: dict) -> pd.D
     """Published ratios (``derived`` claims at one L) whose rows match the two selectors.
 
     A claim stated the other way round (e.g. Eso-LM / AR for an ``ar / esolm`` pair) is inverted,
-    band included.
+    band included. A selector key the claim does not state (e.g. ``p_cache``: the papers name no
+    cache mode) does not rule it out. ``attrs["num"]`` / ``attrs["den"]``: the selectors cut to
+    the keys the matched claims state, for the bars' label.
     """
     cols = ["L", "ratio", "lo", "hi", "hardware"]
     out = []
+    stated: tuple[dict, dict] = (_stated(num, {}), _stated(den, {}))
     for c in () if claims is None else claims.itertuples():
         if c.source_kind != "derived" or pd.isna(c.seq_len):
             continue
@@ -494,20 +505,29 @@ def _published_ratios(claims: pd.DataFrame | None, num: dict, den: dict) -> pd.D
         d = (c.denominator_sampler, c.denominator_params)
         if _side_matches(*n, num) and _side_matches(*d, den):
             ratio, lo, hi = c.published_value, c.band_lo, c.band_hi
+            stated = (_stated(num, n[1]), _stated(den, d[1]))
         elif _side_matches(*d, num) and _side_matches(*n, den):
             ratio, lo, hi = 1 / c.published_value, 1 / c.band_hi, 1 / c.band_lo
+            stated = (_stated(num, d[1]), _stated(den, n[1]))
         else:
             continue
         out.append(
             {"L": int(c.seq_len), "ratio": ratio, "lo": lo, "hi": hi, "hardware": c.hardware}
         )
-    return pd.DataFrame(out, columns=cols).drop_duplicates("L")
+    frame = pd.DataFrame(out, columns=cols).drop_duplicates("L")
+    frame.attrs.update(num=stated[0], den=stated[1])
+    return frame
 
 
 def _side_matches(sampler: str, params: dict, sel: dict) -> bool:
     return sampler == sel["sampler"] and all(
-        params.get(k) == v for k, v in sel.items() if k != "sampler"
+        params.get(k) == v for k, v in sel.items() if k != "sampler" and k in params
     )
+
+
+def _stated(sel: dict, params: dict) -> dict:
+    """``sel`` without the keys that a claim's ``params`` do not state."""
+    return {k: v for k, v in sel.items() if k == "sampler" or k in params}
 
 
 def _shade(color: str, rank: int) -> str:
@@ -551,6 +571,7 @@ def speedup_figure(
     rows = usable_rows(df, [time_col], error=PlotError)
     pairs = default_pairs(rows) if pairs is None else pairs
     bars = []  # (label, colour, kind, table)
+    published_seen: set[str] = set()
     rank: dict[str, int] = {}
     for num_sel, den_sel in pairs:
         num, den = _selector(num_sel), _selector(den_sel)
@@ -559,7 +580,12 @@ def speedup_figure(
         color = _shade(style_for(num["sampler"]).color, rank[num["sampler"]])
         ours = _measured_ratios(rows, num, den, time_col, length_col)
         bars += [(label, color, "ours", ours)]
-        bars += [(label, color, "published", _published_ratios(claims, num, den))]
+        pub = _published_ratios(claims, num, den)
+        if not pub.empty:
+            pub_label = f"{_sel_label(pub.attrs['num'])} / {_sel_label(pub.attrs['den'])}"
+            if pub_label not in published_seen:  # e.g. both BD3-LM cache modes match one claim
+                published_seen.add(pub_label)
+                bars += [(pub_label, color, "published", pub)]
     kinds = ("ours", "published") if published_only_lengths else ("ours",)
     lengths = sorted({int(L) for _, _, k, t in bars if k in kinds for L in t["L"]})
     if not lengths:

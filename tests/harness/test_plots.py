@@ -178,6 +178,26 @@ def test_speedup_bars_hold_measured_and_published_ratios():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2048", "8192"]
 
 
+def test_speedup_splits_by_every_varying_parameter_and_draws_a_claim_once():
+    d = results()
+    d = d[d.p_num_steps == 256].assign(p_cache=None)
+    bd3 = d[d.sampler == "bd3lm"]
+    d = pd.concat([
+        d[d.sampler != "bd3lm"], bd3.assign(p_cache="reference"),
+        bd3.assign(p_cache="efficient", wall_s=bd3.wall_s / 2, wall_s_ci_lo=bd3.wall_s_ci_lo / 2,
+                   wall_s_ci_hi=bd3.wall_s_ci_hi / 2),
+    ])  # fmt: skip
+    pairs = plots.default_pairs(d)
+    assert ({"sampler": "bd3lm", "p_block_size": 4, "p_cache": "efficient"}, "esolm") in pairs
+    assert len(pairs) == 2 + 4  # ar, mdlm, bd3lm × {4, 16} × {efficient, reference}
+    h = bar_heights(plots.speedup_figure(d, claims=load_claims()))
+    assert h["bd3lm (block_size=4, cache=reference) / esolm (ours)"] == pytest.approx([3.0, 3.0])
+    assert h["bd3lm (block_size=4, cache=efficient) / esolm (ours)"] == pytest.approx([1.5, 1.5])
+    # The paper names no cache mode: its bars are drawn once per block size, labelled without it.
+    assert h["bd3lm (block_size=4) / esolm (published, A6000)"] == [1.66, 3.80]
+    assert sum("published" in k and "bd3lm" in k for k in h) == 2
+
+
 def test_speedup_whiskers_are_the_conservative_ci_ratio():
     d = results()
     fig = plots.speedup_figure(d[d.p_num_steps == 256], pairs=[("mdlm", "esolm")])
