@@ -373,9 +373,15 @@ def test_slurm_debug_cluster_runs_the_chains_here(tmp_path):
     assert list(df["status"]) == ["ok", "oom"] and (df["executor"] == "slurm").all()
 
 
-def test_slurm_settings_reach_the_sbatch_script(tmp_path):
+def test_slurm_settings_reach_the_sbatch_script(tmp_path, monkeypatch):
     """The config's Slurm fields, as submitit writes them into the job script."""
     submitit = pytest.importorskip("submitit")
+    # submitit's Slurm executor insists on finding `srun`; only the script text is rendered here.
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "srun").write_text("#!/bin/sh\nexit 0\n")
+    (fake_bin / "srun").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_bin}{os.pathsep}{os.environ.get('PATH', '')}")
     path = write_config(
         tmp_path,
         device="cuda",
