@@ -41,6 +41,7 @@ MEASURED = {
     "tflops_effective", "mfu", "predicted_s", "predicted_ratio", "peak_alloc_gb",
     "peak_reserved_gb", "peak_rss_gb", "nvml_used_gb", "energy_j", "energy_j_total",
     "j_per_sample", "j_per_token", "power_w_mean", "energy_method", "env_id",
+    "repeats", "low_repeat",  # with timing.min_time_s the repeat count follows the speed
     *cellrun.WORKER_COLUMNS,
 }  # fmt: skip
 """Columns that may differ between executors: timings, environment, worker identity."""
