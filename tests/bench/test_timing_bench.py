@@ -40,7 +40,8 @@ def forward():
 def test_timing_core_agrees_with_torch_utils_benchmark(forward, benchmark):
     """Per-call times from both timers, alternating call by call (200 each) so that both see the
     same machine load; compares the two per-call medians."""
-    timer = tb.Timer("fn()", globals={"fn": forward})
+    # Timer runs its statement with num_threads=1 unless told otherwise: use the caller's count.
+    timer = tb.Timer("fn()", globals={"fn": forward}, num_threads=torch.get_num_threads())
     timing.measure(forward, device="cpu", repeats=10, warmup=5)
     ours, theirs = [], []
     for _ in range(200):
