@@ -297,17 +297,32 @@ def write_report(run: str | Path, out: str | Path | None = None) -> tuple[Path, 
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``dlmbench report claims RUN``."""
+    """``dlmbench report claims RUN`` / ``dlmbench report matched RUN``."""
+    if args.kind == "matched":
+        from harness.matched import cmd_matched
+
+        return cmd_matched(args)
     md, _ = write_report(args.run, args.out)
     print(md.read_text())
     return 0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``report claims RUN``."""
-    p = subparsers.add_parser("report", help="reports over a run (claims)")
-    p.add_argument("kind", choices=["claims"], help="which report")
+    """Register ``report {claims,matched} RUN``."""
+    p = subparsers.add_parser(
+        "report",
+        help="reports over a run: claims (published ratios) or matched (speed-ups at matched "
+        "quality)",
+    )
+    p.add_argument("kind", choices=["claims", "matched"], help="which report")
     p.add_argument("run", help="run folder, run id or experiment name")
-    p.add_argument("--out", default=None, help="folder for claims.md / claims.csv (default: run)")
+    p.add_argument("--out", default=None, help="folder for the .md / .csv (default: the run)")
+    g = p.add_argument_group("matched")
+    g.add_argument("--time", default="s_per_sample", help="time column (default s_per_sample)")
+    g.add_argument("--quality", default="gen_ppl", help="quality column (default gen_ppl)")
+    g.add_argument(
+        "--by", default="sampler", help="method columns, comma-separated (default sampler)"
+    )
+    g.add_argument("--levels", type=int, default=5, help="quality levels per pair (default 5)")
     p.set_defaults(fn=cmd_report)
     return p

@@ -62,7 +62,11 @@ def run_demo(
     evaluator: str = DEFAULT_EVALUATOR,
     overrides: tuple[str, ...] = (),
 ) -> tuple[Path, pd.DataFrame, list[Path]]:
-    """Run, score and plot the demo; returns (run folder, summary table, figure paths)."""
+    """Run, score and plot the demo; returns (run folder, summary table, output paths).
+
+    The outputs: the frontier and Gen PPL vs NFE figures and ``matched.md`` (speed-ups at
+    matched quality, :mod:`harness.matched`).
+    """
     from harness import plots
     from harness.quality_stage import score_run
     from harness.results import load_results
@@ -88,6 +92,10 @@ def run_demo(
             title="Speed-quality frontier (CPU, L=128)",
         )
         figs += plots.plot_quality_vs_nfe(ok, out / "gen_ppl_vs_nfe", by="method")
+        if ok["sampler"].nunique() > 1:  # speed-ups at matched quality, one front per sampler
+            from harness.matched import write_matched_report
+
+            figs.append(write_matched_report(run_dir)[0])
     return run_dir, summary_table(df), figs
 
 
@@ -103,7 +111,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(table.to_string(index=False, formatters={c: _fmt for c in table.columns}))
     print(f"\nresults: {run_dir}")
     for f in figs:
-        print(f"figure:  {f}")
+        print(f"{'report' if f.suffix == '.md' else 'figure'}:  {f}")
     return 0
 
 

@@ -23,6 +23,20 @@ def tiny_model(family: str = "mdlm", seed: int = 0, **overrides) -> DiT:
     return model.freeze_conditioning()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_measurement_cache(tmp_path_factory):
+    """Cost-model tables and calibrations measured by tests (on a busy machine, at test shapes)
+    go to a session folder, never into the user's ``~/.cache/dlmbench``; cell subprocesses
+    inherit the variable."""
+    old = os.environ.get("DLMBENCH_CACHE_DIR")
+    os.environ["DLMBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("dlmbench-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DLMBENCH_CACHE_DIR", None)
+    else:
+        os.environ["DLMBENCH_CACHE_DIR"] = old
+
+
 @pytest.fixture(autouse=True)
 def _torch_defaults():
     torch.set_num_threads(min(2, torch.get_num_threads()))
