@@ -40,8 +40,9 @@ def _load(args: argparse.Namespace) -> Any:
     from harness.experiment import load_experiment
 
     _import_plugins()
+    device_here = not (getattr(args, "dry_run", False) and getattr(args, "hardware", None))
     try:
-        return load_experiment(args.config, args.overrides)
+        return load_experiment(args.config, args.overrides, device_here=device_here)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         print("Nothing was run or written. Fix the config (dlmbench ls samplers).", file=sys.stderr)
@@ -59,12 +60,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     if getattr(args, "executor", None):
         args.overrides = [*args.overrides, f"executor.kind={args.executor}"]
+    peaks = _hardware_peaks(args)
+    if isinstance(peaks, int):
+        return peaks
     loaded = _load(args)
     if isinstance(loaded, int):
         return loaded
     exp, cells = loaded
     if args.dry_run:
-        return print_estimate(runner.estimate(exp, cells))
+        if peaks is not None:
+            print(
+                f"pricing on {peaks.device}: {peaks.flops_per_s / 1e12:.1f} TFLOP/s, "
+                f"{peaks.bytes_per_s / 1e9:.0f} GB/s, {peaks.call_overhead_s * 1e3:.2f} ms per "
+                f"call ({peaks.source}; roofline, max-combined)"
+            )
+        return print_estimate(runner.estimate(exp, cells, peaks))
     run_dir = runner.run_experiment(
         exp, run_id=args.run_id, progress=not args.no_progress, retry_failed=args.retry_failed
     )
@@ -86,6 +96,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     print(f"see: dlmbench show {run_dir}")
     return 1 if counts.get("error") else 0
+
+
+def _hardware_peaks(args: argparse.Namespace) -> Any:
+    """``--hardware NAME`` (dry runs only) as spec-sheet :class:`Peaks`, or None, or exit 2."""
+    name = getattr(args, "hardware", None)
+    if not name:
+        return None
+    from harness import costmodel
+    from harness.claims import PAPER_CALL_OVERHEAD_S
+
+    if not args.dry_run:
+        print(
+            f"error: --hardware {name} prices a dry run on other hardware; add --dry-run "
+            "(a real run measures the device it runs on).",
+            file=sys.stderr,
+        )
+        return 2
+    overhead_ms = args.call_overhead_ms
+    if overhead_ms is None:
+        known = {k.lower(): v for k, v in PAPER_CALL_OVERHEAD_S.items()}
+        overhead_ms = 1e3 * (known.get(name.lower()) or 0.0)
+    try:
+        return costmodel.Peaks.from_spec(name, call_overhead_s=overhead_ms / 1e3)
+    except ValueError as e:
+        print(f"error: --hardware: {e}", file=sys.stderr)
+        return 2
 
 
 def print_estimate(rows: list[dict[str, Any]]) -> int:
@@ -133,6 +169,20 @@ def add_run_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("overrides", nargs="*", help="a.b=value overrides, e.g. timing.repeats=3")
     p.add_argument("--dry-run", action="store_true", help="print cells and predicted time only")
+    p.add_argument(
+        "--hardware",
+        default=None,
+        metavar="NAME",
+        help="with --dry-run: price the cells on a named GPU's spec sheet (a6000, h200) instead "
+        "of this machine; the config's device need not exist here",
+    )
+    p.add_argument(
+        "--call-overhead-ms",
+        type=float,
+        default=None,
+        help="with --hardware: per-call fixed overhead (default: the one inferred for the paper's "
+        "A6000 runs, 6.5 ms; 0 for others)",
+    )
     p.add_argument("--run-id", default=None, help="run folder name (default <name>-<hash>)")
     p.add_argument("--retry-failed", action="store_true", help="re-run error/oom/skipped cells")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -27,6 +27,7 @@ resume. Labels and the order of YAML keys and lists do not enter the hash.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import dataclasses
 import hashlib
@@ -399,9 +400,14 @@ class Experiment:
 
     @property
     def _device_elsewhere(self) -> bool:
-        """Cells run on Slurm nodes, so the device need not exist on this (submitting) host."""
+        """Whether the device may be absent from this host.
+
+        True when cells run on Slurm nodes (this is the submitting host) and for a dry run priced
+        on named hardware (``load_experiment(device_here=False)``).
+        """
         ex = self.executor
-        return ex is not None and ex.kind == "slurm" and ex.cluster == "slurm"
+        slurm = ex is not None and ex.kind == "slurm" and ex.cluster == "slurm"
+        return slurm or not _DEVICE_HERE.get()
 
     def _reference_problems(self) -> list[str]:
         out = []
@@ -440,6 +446,10 @@ def _axis_problems(name: str, values: Sequence[int] | None, low: int, example: s
     if dups:
         out.append(f"'{name}' repeats {dups}; list each value once.")
     return out
+
+
+_DEVICE_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("device_here", default=True)
+"""Whether validation requires the config's device on this host (see :func:`load_experiment`)."""
 
 
 def device_problems(device: str, present: bool = True) -> list[str]:
@@ -658,15 +668,25 @@ def validate(raw: dict[str, Any]) -> tuple[Experiment | None, list[Cell], list[s
 
 
 def load_experiment(
-    path: str | Path, overrides: Sequence[str] = ()
+    path: str | Path, overrides: Sequence[str] = (), *, device_here: bool = True
 ) -> tuple[Experiment, list[Cell]]:
     """Load, override, validate and expand an experiment YAML.
+
+    Args:
+        path: the YAML file.
+        overrides: ``a.b=value`` strings.
+        device_here: ``False`` skips the check that the config's device exists on this host
+            (a dry run priced on named hardware); its spelling is still checked.
 
     Raises:
         ConfigError: listing every problem found (bad overrides included).
     """
     raw, problems = apply_overrides(normalise(load_yaml(path)), overrides)
-    exp, cells, more = validate(raw)
+    token = _DEVICE_HERE.set(device_here)
+    try:
+        exp, cells, more = validate(raw)
+    finally:
+        _DEVICE_HERE.reset(token)
     problems += more
     if problems or exp is None:
         raise ConfigError(problems, f"Invalid experiment config '{path}'")

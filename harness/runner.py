@@ -453,14 +453,18 @@ def run_experiment(
     return ctx.run_dir
 
 
-def estimate(exp: Experiment, cells: Sequence[Cell]) -> list[dict[str, Any]]:
+def estimate(
+    exp: Experiment, cells: Sequence[Cell], peaks: costmodel.Peaks | None = None
+) -> list[dict[str, Any]]:
     """Dry run: the cost model's predicted seconds per cell, from ``expected_calls``.
 
     Each entry holds the cell's identity, ``predicted_s`` (one execute) and ``total_s``
     (warm-up + repeats, at least ``min_time_s``); NaN where the sampler cannot predict.
+    ``peaks``: price the cells on other hardware (e.g. ``Peaks.from_spec("h200", ...)``, the
+    roofline model) instead of measuring this machine's device.
     """
     torch_dtype, dtype_bytes = DTYPES[exp.dtype]
-    peaks = costmodel.measure_peaks(exp.device, torch_dtype)
+    peaks = peaks or costmodel.measure_peaks(exp.device, torch_dtype)
     out = []
     for c in cells:
         sampler = SAMPLERS.build(c.sampler, c.config)

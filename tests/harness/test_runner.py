@@ -242,6 +242,32 @@ def test_dry_run_predicts_every_cell_and_writes_nothing(tmp_path, capsys):
     assert not (tmp_path / "results").exists()
 
 
+def test_dry_run_on_named_hardware_needs_no_such_device_here(tmp_path, capsys, monkeypatch):
+    """A CUDA config priced on the A6000 spec sheet from a CPU-only host: AR at L = 8 is 7
+    KV-cached calls, each bounded by the 6.5 ms per-call overhead inferred for the paper."""
+    from harness import runner
+    from harness.claims import PAPER_CALL_OVERHEAD_S
+    from harness.costmodel import Peaks
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    path = write_config(
+        tmp_path, samplers=[{"sampler": "ar"}], batch_sizes=[1], device="cuda", dtype="bfloat16"
+    )
+    assert cli.main(["run", str(path), "--dry-run"]) == 2
+    assert "no CUDA device is available" in capsys.readouterr().err
+    assert cli.main(["run", str(path), "--dry-run", "--hardware", "a6000"]) == 0
+    out = capsys.readouterr().out
+    assert "pricing on a6000" in out and "1 cells; predicted timed work about" in out
+    exp, cells = load_experiment(path, device_here=False)
+    (row,) = runner.estimate(exp, cells, Peaks.from_spec("a6000", PAPER_CALL_OVERHEAD_S["A6000"]))
+    assert row["predicted_s"] == pytest.approx(7 * 13.3 / 2047)
+    assert cli.main(["run", str(path), "--hardware", "a6000"]) == 2  # not without --dry-run
+    assert "add --dry-run" in capsys.readouterr().err
+    assert cli.main(["run", str(path), "--dry-run", "--hardware", "h100"]) == 2
+    assert "known: ['a6000', 'h200']" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
 def test_help_epilog_lists_three_quick_start_commands(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["--help"])
