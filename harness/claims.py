@@ -63,7 +63,22 @@ def _matches(row: pd.Series, sampler: str, params: dict[str, Any]) -> bool:
             continue
         if name in ours and not math.isclose(float(ours[name]), float(val), rel_tol=1e-9):
             return False
-    return True
+    return _same_decoding(sampler, params, ours)
+
+
+def _same_decoding(sampler: str, params: dict[str, Any], ours: dict[str, Any]) -> bool:
+    """Whether a BD3-LM cell decodes like the claim's side.
+
+    A claim timed at one token per call (T′ ≥ L′, e.g. Table 11's T′ = 5000) matches only our
+    cells that also decode one token per call (first-hitting, or T′ ≥ L′): an ancestral cell
+    with T′ < L′ from a throughput grid is a different workload.
+    """
+    spb, bs = params.get("p_steps_per_block"), params.get("p_block_size")
+    if sampler != "bd3lm" or spb is None or bs is None or float(spb) < float(bs):
+        return True
+    if ours.get("mode") == "first_hitting":
+        return True
+    return float(ours.get("steps_per_block", 0)) >= float(ours.get("block_size", math.inf))
 
 
 def role_map(paper_values: list[int], ours: list[int]) -> dict[int, int]:
@@ -181,6 +196,15 @@ def _claim_records(c, df, base, Lmap, Bmap) -> list[dict[str, Any]]:
     B = Bmap.get(int(num_b["batch_size"])) if not pd.isna(num_b["batch_size"]) else None
     if None in (L_num, L_den, B):
         return [{**rec, "status": "not measured: no matching cells in this run"}]
+    paper_b = int(num_b["batch_size"])
+    if (paper_b == 1) != (B == 1):  # batch-1 latency and large-batch throughput never mix
+        return [
+            {
+                **rec,
+                "status": f"not measured: other regime (paper batch {paper_b}, this run's "
+                f"batch {B})",
+            }
+        ]
     rec["mapping"] = (
         f"L {int(num_b['seq_len'])}→{L_num}, {int(den_b['seq_len'])}→{L_den}; "
         f"batch {int(num_b['batch_size'])}→{B}"

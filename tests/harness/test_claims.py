@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -106,3 +107,35 @@ def test_write_report_renders_markdown_and_csv(tiny_table11, tmp_path):
     text = md.read_text()
     assert text.startswith("# Claims report") and "t11_mdlm_over_esolm_L8192" in text
     assert len(pd.read_csv(csv)) >= len(load_claims())
+
+
+def test_a_one_token_per_call_bd3lm_claim_ignores_ancestral_throughput_cells():
+    """Table 11 timed BD3-LM at T′ = 5000 ≥ L′ (NFE = L); a Table 13-style ancestral cell with
+    T′ = 1 < L′ = 4 is another workload and must not be matched to it."""
+    from harness.claims import _matches
+
+    claim = {"p_block_size": 4, "p_steps_per_block": 5000, "p_top_p": 1}
+
+    def row(**params):
+        return pd.Series({"sampler": "bd3lm", "cell_config": json.dumps({"params": params})})
+
+    assert _matches(row(block_size=4, steps_per_block=16, mode="first_hitting"), "bd3lm", claim)
+    assert _matches(row(block_size=4, steps_per_block=4, mode="ancestral"), "bd3lm", claim)
+    assert not _matches(row(block_size=4, steps_per_block=1, mode="ancestral"), "bd3lm", claim)
+    other = row(block_size=16, steps_per_block=16, mode="first_hitting")
+    assert not _matches(other, "bd3lm", claim)
+
+
+def test_latency_claims_are_not_mapped_onto_a_large_batch_run(tmp_path):
+    """Table 11 is batch-1 latency; a throughput run at batch 2 has no batch-1 cells, and rank
+    mapping must not pair the two regimes (the batch-512 claims may use it instead)."""
+    cfg = yaml.safe_load(open("configs/paper/table11_cpu.yaml"))
+    cfg["checkpoints"] = {"tiny": {"path": "random:tiny", "vocab_size": 64}}
+    cfg["samplers"] = [s for s in cfg["samplers"] if s["sampler"] in ("esolm", "ar")]
+    cfg.update(seq_lens=[16], batch_sizes=[2], output_dir=str(tmp_path))
+    cfg["timing"] = {"mode": "profile", "repeats": 2, "warmup": 0}
+    path = tmp_path / "b2.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    table = claims_table(run_experiment(path, progress=False))
+    t11 = table[table["claim_id"] == "t11_esolm_over_ar_L2048"].iloc[0]
+    assert t11["status"] == "not measured: other regime (paper batch 1, this run's batch 2)"
