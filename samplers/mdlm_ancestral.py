@@ -44,6 +44,7 @@ from samplers.base import (
     check_family,
     gumbel_argmax,
     numerics_problems,
+    sample_tokens,
     subs_log_probs,
     top_p_filter,
 )
@@ -251,10 +252,16 @@ class MDLMAncestral:
             return torch.where(commit, proposal, x), commit
         commit = self.policy.select(None, masked, k, generator)  # (b, L) bool
         logits = model(x)[commit]  # (n_commit, V)
-        log_p = subs_log_probs(logits, model.config.mask_id, self.config.temperature)
-        log_p = top_p_filter(log_p, self.config.top_p, self.config.top_p_convention)
+        cfg = self.config
         x = x.clone()
-        x[commit] = gumbel_argmax(log_p, generator)
+        x[commit] = sample_tokens(
+            logits,
+            model.config.mask_id,
+            generator,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            convention=cfg.top_p_convention,
+        )
         return x, commit
 
     def denoise(self, model: Any, x: Tensor) -> Tensor:

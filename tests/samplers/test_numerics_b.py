@@ -34,3 +34,23 @@ def test_sample_tokens_follows_softmax():
     assert freq[4] == 0
     for v in range(4):
         assert abs(freq[v] - p[v]) < 6 * math.sqrt(p[v] * (1 - p[v]) / n), (v, freq, p)
+
+
+def test_chunked_sampling_draws_exactly_the_unchunked_tokens(monkeypatch):
+    """sample_tokens works in cache-sized chunks of rows on CPU; the Gumbel noise is drawn chunk
+    by chunk in row-major order from the same generator, so the tokens equal one big draw."""
+    from samplers import base
+
+    logits = torch.randn(3, 7, 50, generator=torch.Generator().manual_seed(0))
+    for top_p in (1.0, 0.8):
+        monkeypatch.setattr(base, "SAMPLE_CHUNK_ELEMENTS", 100)  # 2 rows of V = 50 per chunk
+        small = sample_tokens(logits, 49, torch.Generator().manual_seed(3), top_p=top_p)
+        monkeypatch.setattr(base, "SAMPLE_CHUNK_ELEMENTS", 1 << 30)  # one chunk
+        whole = sample_tokens(logits, 49, torch.Generator().manual_seed(3), top_p=top_p)
+        assert small.shape == (3, 7) and torch.equal(small, whole)
+    assert sample_tokens(logits[:0], 49, torch.Generator()).shape == (0, 7)
+    monkeypatch.setattr(base, "SAMPLE_CHUNK_ELEMENTS", 100)
+    lp = torch.log_softmax(logits.double(), -1)
+    small = base.gumbel_argmax(lp, torch.Generator().manual_seed(4))
+    monkeypatch.setattr(base, "SAMPLE_CHUNK_ELEMENTS", 1 << 30)
+    assert torch.equal(small, base.gumbel_argmax(lp, torch.Generator().manual_seed(4)))
