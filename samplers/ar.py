@@ -20,7 +20,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from harness.configio import ConfigError
 from samplers.base import (
     SAMPLERS,
     CallRecord,
@@ -28,6 +27,7 @@ from samplers.base import (
     SampleResult,
     TopPConvention,
     check_common,
+    check_config,
     check_family,
     numerics_problems,
     sample_tokens,
@@ -87,10 +87,7 @@ class AR:
     config_class: ClassVar[type] = ARConfig
 
     def __init__(self, config: ARConfig | None = None) -> None:
-        self.config = config or ARConfig()
-        problems = self.config.problems()
-        if problems:
-            raise ConfigError(problems, "Invalid config for sampler 'ar'")
+        self.config = check_config(self.name, config or ARConfig())
 
     def cache_kind(self) -> str | None:
         """The cache this configuration keeps, for the analytic memory column.

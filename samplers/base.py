@@ -25,6 +25,7 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
+from harness.configio import ConfigError
 from harness.registry import Registry
 
 CallRecord = tuple[int, int, int, int]
@@ -118,6 +119,14 @@ def check_family(sampler: Any, model: Any, source: str | None = None) -> None:
             f"{where} is family '{fam}'. Load a {sampler.families[0]} checkpoint, or pick a "
             f"sampler for '{fam}' (dlmbench ls samplers)."
         )
+
+
+def check_config(name: str, config: Any) -> Any:
+    """Raise one :class:`ConfigError` listing every problem of a sampler ``config``; return it."""
+    probs = config.problems()
+    if probs:
+        raise ConfigError(probs, f"Invalid config for sampler '{name}'")
+    return config
 
 
 def check_common(batch_size: int, seq_len: int) -> None:

@@ -43,7 +43,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from harness.configio import ConfigError
 from harness.network import block_causal_mask
 from samplers.base import (
     SAMPLERS,
@@ -51,6 +50,7 @@ from samplers.base import (
     SamplerError,
     SampleResult,
     check_common,
+    check_config,
     check_family,
     gumbel_argmax,
     numerics_problems,
@@ -363,11 +363,7 @@ class BD3LMSampler:
     config_class: ClassVar[type] = BD3LMConfig
 
     def __init__(self, config: BD3LMConfig | None = None) -> None:
-        cfg = config or BD3LMConfig()
-        probs = cfg.problems()
-        if probs:
-            raise ConfigError(probs, f"Invalid config for sampler '{self.name}'")
-        self.config = cfg
+        cfg = self.config = check_config(self.name, config or BD3LMConfig())
         self.schedule = SCHEDULES.build(cfg.schedule)
         self.policy = POLICIES.build(cfg.policy)
 

@@ -23,12 +23,12 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from harness.configio import ConfigError
 from samplers.base import (
     SAMPLERS,
     CallRecord,
     SampleResult,
     check_common,
+    check_config,
     check_family,
     numerics_problems,
     sample_tokens,
@@ -79,14 +79,6 @@ class EsoLMConfig:
         if self.schedule not in SCHEDULES:
             out.append(f"'schedule': {SCHEDULES.unknown_message(self.schedule)}")
         return out
-
-
-def check_config(name: str, config: Any) -> Any:
-    """Raise one :class:`ConfigError` listing every problem of ``config``; return it."""
-    probs = config.problems()
-    if probs:
-        raise ConfigError(probs, f"Invalid config for sampler '{name}'")
-    return config
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,10 +23,11 @@ from samplers.base import (
     SamplerError,
     SampleResult,
     check_common,
+    check_config,
     check_family,
     numerics_problems,
 )
-from samplers.esolm import EsoPlan, check_config, decode, prepare, step_calls
+from samplers.esolm import EsoPlan, decode, prepare, step_calls
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,6 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from harness.configio import ConfigError
 from samplers.base import (
     SAMPLERS,
     CallRecord,
@@ -41,6 +40,7 @@ from samplers.base import (
     SampleResult,
     TopPConvention,
     check_common,
+    check_config,
     check_family,
     gumbel_argmax,
     numerics_problems,
@@ -146,10 +146,7 @@ class MDLMAncestral:
     config_class: ClassVar[type] = MDLMConfig
 
     def __init__(self, config: MDLMConfig | None = None) -> None:
-        self.config = config or MDLMConfig()
-        problems = self.config.problems()
-        if problems:
-            raise ConfigError(problems, "Invalid config for sampler 'mdlm'")
+        self.config = check_config(self.name, config or MDLMConfig())
         self.schedule = build(SCHEDULES, "schedule", self.config.schedule)
         self.policy = build(
             POLICIES, "policy", self.config.policy, threshold=self.config.policy_threshold

@@ -19,13 +19,13 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from harness.configio import ConfigError
 from samplers.base import (
     SAMPLERS,
     CallRecord,
     SampleResult,
     TopPConvention,
     check_common,
+    check_config,
     check_family,
     numerics_problems,
     sample_tokens,
@@ -82,10 +82,7 @@ class MDLMFirstHitting:
     config_class: ClassVar[type] = FirstHittingConfig
 
     def __init__(self, config: FirstHittingConfig | None = None) -> None:
-        self.config = config or FirstHittingConfig()
-        problems = self.config.problems()
-        if problems:
-            raise ConfigError(problems, "Invalid config for sampler 'mdlm_first_hitting'")
+        self.config = check_config(self.name, config or FirstHittingConfig())
 
     def cache_kind(self) -> str | None:
         """The cache this configuration keeps, for the analytic memory column.
