@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from baselines import load_baselines, load_claims
-from harness.results import atomic_write, load_results, resolve_run
+from harness.results import atomic_write, load_results, markdown_table, resolve_run
 
 MODEL_TOLERANCE = 0.20
 """Relative band within which the cost model is said to explain a measured ratio."""
@@ -287,17 +287,7 @@ COLUMNS = [
 
 def to_markdown(table: pd.DataFrame) -> str:
     """A Markdown rendering of :func:`claims_table` (numbers to 3 significant figures)."""
-    cols = [c for c in COLUMNS if c in table.columns]
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, float):
-            return "–" if math.isnan(v) else f"{v:.3g}"
-        return "" if v is None else str(v)
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, r in table.iterrows():
-        lines.append("| " + " | ".join(fmt(r.get(c)) for c in cols) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(table, [c for c in COLUMNS if c in table.columns])
 
 
 def write_report(run: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:

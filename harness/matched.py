@@ -27,7 +27,7 @@ from harness.frontier import (
     pareto_front_by,
     require_columns,
 )
-from harness.results import atomic_write, load_results, resolve_run
+from harness.results import atomic_write, load_results, markdown_table, resolve_run
 
 DEFAULT_TIME = "s_per_sample"
 DEFAULT_QUALITY = "gen_ppl"
@@ -144,17 +144,6 @@ def _dominance_bound(a: str, b: str, fronts: pd.DataFrame, time_col: str, qualit
     return ""
 
 
-def _md_table(df: pd.DataFrame) -> str:
-    def fmt(v: Any) -> str:
-        if isinstance(v, float | np.floating):
-            return "–" if math.isnan(v) else f"{v:.3g}"
-        return str(v)
-
-    head = "| " + " | ".join(df.columns) + " |\n|" + "---|" * len(df.columns) + "\n"
-    body = "".join("| " + " | ".join(fmt(v) for v in row) + " |\n" for row in df.to_numpy())
-    return head + body
-
-
 def write_matched_report(
     run: str | Path,
     out: str | Path | None = None,
@@ -185,11 +174,11 @@ def write_matched_report(
         f"same {quality_col}, interpolated log-log between adjacent front points at {n_levels} "
         "levels over the quality range both fronts cover; ratio = time a / time b (> 1: b is "
         f"faster). Methods: {by}.\n\n## Summary\n\n"
-        + _md_table(summ)
+        + markdown_table(summ)
         + "\n## Every level\n\n"
-        + _md_table(table)
+        + markdown_table(table)
         + "\n## Pareto fronts\n\n"
-        + _md_table(fronts.reset_index(drop=True))
+        + markdown_table(fronts.reset_index(drop=True))
     )
     p_md = atomic_write(dest / "matched.md", lambda p: p.write_text(md))
     p_csv = atomic_write(dest / "matched.csv", lambda p: table.to_csv(p, index=False))

@@ -71,6 +71,25 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def markdown_table(df: pd.DataFrame, columns: list[str] | None = None) -> str:
+    """A Markdown table of ``df`` (``columns``: which, in order; default all).
+
+    Floats to 3 significant figures, NaN as "–", None as an empty cell.
+    """
+    import numpy as np
+
+    cols = list(df.columns) if columns is None else columns
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float | np.floating):
+            return "–" if math.isnan(v) else f"{v:.3g}"
+        return "" if v is None else str(v)
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for _, r in df.iterrows()]
+    return "\n".join(lines) + "\n"
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` via ``write(temp)`` on a temporary sibling, fsync, then rename.
 
