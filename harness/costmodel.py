@@ -840,40 +840,6 @@ def _model_device_dtype(model: Any) -> tuple[str, torch.dtype]:
     return str(p.device), p.dtype
 
 
-def _time_model_calls(model: Any, n: int, device: str) -> tuple[float, float]:
-    """Best seconds of a 1-token cached call and of an ``n``-token bidirectional cached call.
-
-    The two are sampled alternately, in rounds 50 ms apart, so a change of machine load
-    affects both alike and a burst of contention does not fill every sample.
-    """
-    cache = model.new_kv_cache(1, n)
-    g = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randint(0, model.config.vocab_size - 1, (1, n), generator=g).to(device)
-    t1: list[float] = []
-    tn: list[float] = []
-    with torch.inference_mode():
-        _warm_up(
-            lambda: model.forward_cached(x[:, :1], cache, start=0, causal=True),
-            lambda: model.forward_cached(x, cache, start=0, causal=False),
-        )
-        for r in range(max(1, CALIBRATION_SAMPLES // 3)):
-            if r:
-                time.sleep(0.05)
-            t1 += time_samples(
-                lambda: model.forward_cached(x[:, :1], cache, start=0, causal=True),
-                device,
-                sample_s=0.01,
-                samples=3,
-            )
-            tn += time_samples(
-                lambda: model.forward_cached(x, cache, start=0, causal=False),
-                device,
-                sample_s=0.01,
-                samples=3,
-            )
-    return min(t1), min(tn)
-
-
 def _warm_up(*fns: Callable[[], Any]) -> None:
     """Run ``fns`` in turn for :data:`CALIBRATION_WARMUP_S` seconds, untimed.
 
@@ -884,6 +850,22 @@ def _warm_up(*fns: Callable[[], Any]) -> None:
     while time.perf_counter() < t_end:
         for fn in fns:
             fn()
+
+
+def _best_of_rounds(fns: dict[Any, Callable[[], Any]], device: str) -> dict[Any, float]:
+    """Best seconds per call of each of ``fns``, after a common warm-up.
+
+    The calls are sampled in turn, in rounds 50 ms apart, so a change of machine load affects
+    all alike and a burst of contention does not fill every sample.
+    """
+    best = dict.fromkeys(fns, math.inf)
+    _warm_up(*fns.values())
+    for r in range(max(1, CALIBRATION_SAMPLES // 3)):
+        if r:
+            time.sleep(0.05)
+        for k, fn in fns.items():
+            best[k] = min(best[k], *time_samples(fn, device, sample_s=0.01, samples=3))
+    return best
 
 
 def _time_step_call(model: Any, device: str) -> float:
@@ -904,19 +886,16 @@ def _time_step_call(model: Any, device: str) -> float:
                 x[:, 1:], cache, start=1, causal=True, rope=(cos[:, 1:], sin[:, 1:]), logits=1
             )
 
-        samples: list[float] = []
-        for r in range(max(1, CALIBRATION_SAMPLES // 3)):
-            if r:
-                time.sleep(0.05)
-            samples += time_samples(step, device, sample_s=0.01, samples=3)
-    return min(samples)
+        return _best_of_rounds({"step": step}, device)["step"]
 
 
-def _time_curve(model: Any, points: tuple[int, ...], device: str) -> dict[str, list[float]]:
+def _time_curve(
+    model: Any, points: tuple[int, ...], device: str, kinds: tuple[str, ...] = ("head", "store")
+) -> dict[str, list[float]]:
     """Best seconds of bidirectional cached calls feeding n ∈ ``points`` tokens.
 
     With the head on every row (``head``) and without it (``store``), sampled in interleaved
-    rounds so that a change of machine load affects every point alike.
+    rounds (:func:`_best_of_rounds`).
     """
     n_max = max(points)
     cache = model.new_kv_cache(1, n_max)
@@ -928,18 +907,12 @@ def _time_curve(model: Any, points: tuple[int, ...], device: str) -> dict[str, l
                 x[:, :n], cache, start=0, causal=False, return_logits=h
             )
         )
-        for kind in ("head", "store")
+        for kind in kinds
         for n in points
     }
-    best = dict.fromkeys(fns, math.inf)
     with torch.inference_mode():
-        _warm_up(*fns.values())
-        for r in range(max(1, CALIBRATION_SAMPLES // 3)):
-            if r:
-                time.sleep(0.05)
-            for k, fn in fns.items():
-                best[k] = min(best[k], *time_samples(fn, device, sample_s=0.01, samples=3))
-    return {kind: [best[(kind, n)] for n in points] for kind in ("head", "store")}
+        best = _best_of_rounds(fns, device)
+    return {kind: [best[(kind, n)] for n in points] for kind in kinds}
 
 
 def machine_load() -> float:
@@ -1015,24 +988,25 @@ def calibrate_calls(
         return CallCalibration(**{k: tuple(v) if k in curve else v for k, v in cached.items()})
     n = CALIBRATION_TOKENS
     load = _warn_if_loaded(f"the call overhead of {_config_key(model.config)}", device)
-    t1, tn = _time_model_calls(model, n, device)
+    cpu = torch.device(device).type == "cpu"
+    # One interleaved measurement: the 1- and n-token calls and, on CPU, the residual curve.
+    pts = tuple(sorted({1, n, *CALIBRATION_CURVE})) if cpu else (1, n)
+    times = _time_curve(model, pts, device, ("head", "store") if cpu else ("head",))
+    t1, tn = times["head"][pts.index(1)], times["head"][pts.index(n)]
     cfg = model.config
     extra: dict[str, Any] = {}
-    if torch.device(device).type == "cpu":
+    if cpu:
         table = table or MicroTable(device, dtype)
-        r1 = t1 - _table_ops_s(cfg, (1, 1, 1, 1), 1, table)
-        rn = tn - _table_ops_s(cfg, (n, n, n, n), 1, table)
-        per_tok = max(0.0, (rn - r1) / (n - 1))
-        fixed = max(0.0, r1 - per_tok)
-        pts = tuple(sorted(set(CALIBRATION_CURVE)))
-        curve = _time_curve(model, pts, device)
         res = {
             kind: [
-                t - _table_ops_s(cfg, (n, n, n, n if kind == "head" else 0), 1, table)
-                for n, t in zip(pts, times, strict=True)
+                t - _table_ops_s(cfg, (m, m, m, m if kind == "head" else 0), 1, table)
+                for m, t in zip(pts, ts, strict=True)
             ]
-            for kind, times in curve.items()
+            for kind, ts in times.items()
         }
+        r1, rn = res["head"][pts.index(1)], res["head"][pts.index(n)]
+        per_tok = max(0.0, (rn - r1) / (n - 1))
+        fixed = max(0.0, r1 - per_tok)
         extra.update(
             curve_tokens=pts,
             curve_head_s=tuple(itertools.accumulate(res["head"], max)),  # monotone in n

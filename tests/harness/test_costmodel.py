@@ -540,11 +540,13 @@ def test_calibration_of_a_real_tiny_model_is_cached_and_used(monkeypatch):
     model = tiny_model("esolm")
     cal = cm.calibrate_calls(model)
     assert cal.fixed_s > 0 and cal.per_token_s >= 0 and cal.one_token_s >= cal.fixed_s
-    assert cal.curve_tokens == (1, 4, 128) and len(cal.curve_head_s) == len(cal.curve_store_s) == 3
+    # the configured points plus the 1- and 64-token calls, measured once
+    assert cal.curve_tokens == (1, 4, 64, 128)
+    assert len(cal.curve_head_s) == len(cal.curve_store_s) == 4
     assert list(cal.curve_head_s) == sorted(cal.curve_head_s)  # monotone in the fed tokens
     assert cal.step_extra_s >= 0 and cal.step_call_s > 0  # Eso-LM: the step path is measured
     assert cal.n_tokens == cm.CALIBRATION_TOKENS and cal.dtype == "float32"
-    monkeypatch.setattr(cm, "_time_model_calls", lambda *a: pytest.fail("re-measured"))
+    monkeypatch.setattr(cm, "_time_curve", lambda *a: pytest.fail("re-measured"))
     assert cm.call_overhead(model, "cpu", torch.float32) == cal.fixed_s
     peaks = Peaks(1e11, 4e10, 0.0, "cpu", "float32", "hand")
     one = predict_breakdown(model.config, [(1, 1, 1, 1)], 1, peaks, 4, model)
