@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness.registry import did_you_mean
+from dlmcore.registry import did_you_mean
 
 __all__ = [
     "DATA_DIR",

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from harness.network import DiT, DiTConfig
+from harness.model.network import DiT, DiTConfig
 
 EPILOG = """\
 quick start (or: python -m harness ...):
@@ -36,8 +36,8 @@ quick start (or: python -m harness ...):
 
 def _load(args: argparse.Namespace) -> Any:
     """The (experiment, cells) of ``args.config`` + overrides, or an exit code 2 after a message."""
-    from harness.configio import ConfigError
-    from harness.experiment import load_experiment
+    from dlmcore.configio import ConfigError
+    from harness.run.experiment import load_experiment
 
     _import_plugins()
     device_here = not (getattr(args, "dry_run", False) and getattr(args, "hardware", None))
@@ -56,7 +56,8 @@ def _import_plugins() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) an experiment, or print its cost-model estimate with ``--dry-run``."""
-    from harness import results, runner
+    from harness import results
+    from harness.run import runner, sweep
 
     if getattr(args, "executor", None):
         args.overrides = [*args.overrides, f"executor.kind={args.executor}"]
@@ -75,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f"call ({peaks.source}; roofline, max-combined)"
             )
         return print_estimate(runner.estimate(exp, cells, peaks))
-    run_dir = runner.run_experiment(
+    run_dir = sweep.run_experiment(
         exp, run_id=args.run_id, progress=not args.no_progress, retry_failed=args.retry_failed
     )
     if exp.executor.kind == "slurm" and exp.executor.cluster == "slurm" and not exp.executor.wait:
@@ -103,8 +104,8 @@ def _hardware_peaks(args: argparse.Namespace) -> Any:
     name = getattr(args, "hardware", None)
     if not name:
         return None
-    from harness import costmodel
-    from harness.claims import PAPER_CALL_OVERHEAD_S
+    from harness.measure import costmodel
+    from harness.report.claims import PAPER_CALL_OVERHEAD_S
 
     if not args.dry_run:
         print(
@@ -146,7 +147,7 @@ def print_estimate(rows: list[dict[str, Any]]) -> int:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     """Load, type-check and build everything in a config without running or writing anything."""
-    from harness.experiment import run_id_for
+    from harness.run.experiment import run_id_for
 
     loaded = _load(args)
     if isinstance(loaded, int):
@@ -212,7 +213,7 @@ def add_validate_parser(sub: argparse._SubParsersAction) -> None:
 def _fields(cls: type | None) -> list[str]:
     import dataclasses
 
-    from harness.configio import field_table
+    from dlmcore.configio import field_table
 
     if cls is None or not dataclasses.is_dataclass(cls):
         return ["    (no configurable fields)"]
@@ -253,7 +254,7 @@ def ls_schedules() -> list[str]:
 
 def ls_sizes() -> list[str]:
     """Named model sizes with their dimensions and parameter counts (built on the meta device)."""
-    from harness.network import MODEL_SIZES
+    from harness.model.network import MODEL_SIZES
 
     out = [f"{'size':<8} {'d':>5} {'N':>3} {'H':>3} {'c_dim':>5} {'params (V=50258)':>17}"]
     for name in MODEL_SIZES.names():
@@ -269,9 +270,9 @@ def ls_sizes() -> list[str]:
 
 def ls_checkpoints() -> list[str]:
     """The checkpoint spec forms and fields, and dlmbench checkpoints found under checkpoints/."""
-    from harness import modelspec
-    from harness.experiment import CheckpointSpec
-    from harness.network import MODEL_SIZES
+    from harness.model import modelspec
+    from harness.model.network import MODEL_SIZES
+    from harness.run.experiment import CheckpointSpec
 
     out = ["checkpoint entry (YAML: name: PATH, or name: {path: ..., vocab_size: ...}):"]
     out += _fields(CheckpointSpec)
@@ -382,8 +383,8 @@ def add_show_parser(sub: argparse._SubParsersAction) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     """Print a run's done / skipped / failed / running / pending counts and a per-cell list."""
-    from harness import cellrun, executors
     from harness.results import resolve_run
+    from harness.run import cellrun, executors
 
     _import_plugins()
     try:
@@ -447,7 +448,11 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def _register_module_commands() -> None:
     """Commands that live beside the code they drive (imported lazily to keep start-up fast)."""
-    from harness import checkpoints, claims, demo, plots, quality_stage, train
+    from harness import demo
+    from harness.model import checkpoints
+    from harness.quality import stage as quality_stage
+    from harness.report import claims, plots
+    from harness.train import loop as train
 
     SUBCOMMANDS.extend(
         [

@@ -65,12 +65,12 @@ def run_demo(
     """Run, score and plot the demo; returns (run folder, summary table, output paths).
 
     The outputs: the frontier and Gen PPL vs NFE figures and ``matched.md`` (speed-ups at
-    matched quality, :mod:`harness.matched`).
+    matched quality, :mod:`harness.report.matched`).
     """
-    from harness import plots
-    from harness.quality_stage import score_run
+    from harness.quality.stage import score_run
+    from harness.report import plots
     from harness.results import load_results
-    from harness.runner import run_experiment
+    from harness.run.sweep import run_experiment
 
     run_dir = run_experiment(config, overrides)
     if evaluator == DEFAULT_EVALUATOR and not Path(DEFAULT_EVALUATOR[4:]).is_dir():
@@ -93,7 +93,7 @@ def run_demo(
         )
         figs += plots.plot_quality_vs_nfe(ok, out / "gen_ppl_vs_nfe", by="method")
         if ok["sampler"].nunique() > 1:  # speed-ups at matched quality, one front per sampler
-            from harness.matched import write_matched_report
+            from harness.report.matched import write_matched_report
 
             figs.append(write_matched_report(run_dir)[0])
     return run_dir, summary_table(df), figs

@@ -25,8 +25,8 @@ from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from harness.configio import ConfigError
-from harness.registry import Registry
+from dlmcore.configio import ConfigError
+from dlmcore.registry import Registry
 
 CallRecord = tuple[int, int, int, int]
 """One network call, per batch row: (fed tokens, attention query rows, key rows, head rows).

@@ -43,7 +43,6 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from harness.network import block_causal_mask
 from samplers.base import (
     SAMPLERS,
     CallRecord,
@@ -431,7 +430,7 @@ class BD3LMSampler:
         elif cfg.cache == "reference":
             cache = model.new_qkv_cache(batch_size, seq_len, Lb)
         else:
-            mask = block_causal_mask(seq_len, Lb, dev)
+            mask = model.block_causal_mask(seq_len, Lb, dev)
         expected = expected_denoise_calls(self.schedule, cfg, batch_size, masked)
         info = {"mode": cfg.mode, "cache": cfg.cache, "policy": cfg.policy, "bos": bos}
         if cfg.mode == "ancestral":

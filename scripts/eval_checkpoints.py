@@ -18,9 +18,9 @@ import sys
 import numpy as np
 import torch
 
-from harness.checkpoints import load_dlmbench_checkpoint
-from harness.configio import from_dict
-from harness.train import TrainConfig, evaluate, load_data, resolve
+from dlmcore.configio import from_dict
+from harness.model.checkpoints import load_dlmbench_checkpoint
+from harness.train.loop import TrainConfig, evaluate, load_data, resolve
 
 NAMES = ("ar", "bd3lm-b4", "bd3lm-b16", "mdlm", "esolm", "evaluator-ar")
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.claims import claims_table, to_markdown
+from harness.report.claims import claims_table, to_markdown
 
 out = Path(sys.argv[1])
 tables = []

@@ -2,7 +2,7 @@
 # Command: sudo scripts/slurm_local.sh start   (then: export SLURM_CONF=/tmp/dlmbench-slurm/slurm.conf)
 #
 # A single-node Slurm cluster on this machine, for dlmbench's Slurm integration test
-# (tests/harness/test_slurm_integration.py, marker `slurm`). Needs root and the Debian packages
+# (tests/harness/run/test_slurm_integration.py, marker `slurm`). Needs root and the Debian packages
 # slurm-wlm and munge (apt-get install -y slurm-wlm munge). No systemd or cgroups are used:
 # process tracking by process group (proctrack/pgid), no task binding (task/none).
 #

@@ -11,7 +11,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from harness.network import DiT, DiTConfig, deterministic_init  # noqa: E402
+from harness.model.network import DiT, DiTConfig, deterministic_init  # noqa: E402
 
 TINY = dict(vocab_size=33, hidden_size=32, n_blocks=2, n_heads=2, cond_dim=8, model_length=16)
 

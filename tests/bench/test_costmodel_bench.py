@@ -24,8 +24,8 @@ import time
 import pytest
 import torch
 
-from harness import costmodel as cm
-from harness.network import DiT, DiTConfig, deterministic_init
+from harness.measure import costmodel as cm
+from harness.model.network import DiT, DiTConfig, deterministic_init
 
 pytestmark = pytest.mark.benchmark
 

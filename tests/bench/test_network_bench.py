@@ -19,7 +19,7 @@ Calls (one network call each, NFE 1, at a late position so the cache is nearly f
 * MDLM full forward over L tokens.
 
 After timing, each result is compared with its uncached oracle (the same oracles as
-``tests/harness/test_network_cache.py``), so a benchmark of a wrong call cannot pass.
+``tests/harness/model/test_network_cache.py``), so a benchmark of a wrong call cannot pass.
 Frontier and claims numbers come from the runner, never from here.
 """
 
@@ -32,9 +32,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from harness.checkpoints import build_random_model
-from harness.network import DiT, block_causal_mask
-from tests.harness.test_network_cache import naive_forward
+from harness.model.checkpoints import build_random_model
+from harness.model.network import DiT, block_causal_mask
+from tests.harness.model.test_network_cache import naive_forward
 
 pytestmark = pytest.mark.benchmark
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.network import DiT, DiTConfig, deterministic_init
+from harness.model.network import DiT, DiTConfig, deterministic_init
 from samplers import SAMPLERS
 
 pytestmark = pytest.mark.benchmark

@@ -17,8 +17,8 @@ import pytest
 import torch
 import torch.utils.benchmark as tb
 
-from harness import timing
-from harness.network import DiT, DiTConfig, deterministic_init
+from harness.model.network import DiT, DiTConfig, deterministic_init
+from harness.run import timing
 
 pytestmark = pytest.mark.benchmark
 

@@ -143,6 +143,12 @@ class FixedLogitsModel:
         out = self._out(x, pos, "forward_cached_reference", start, None if return_logits else 0)
         return out if return_logits else None
 
+    @staticmethod
+    def block_causal_mask(n: int, block_size: int, device: Any = None) -> Tensor:
+        """Denoiser protocol's BD3-LM mask: key k visible to query q iff block(k) <= block(q)."""
+        blk = torch.arange(n, device=device) // block_size
+        return blk[None, :] <= blk[:, None]
+
     def new_kv_cache(self, batch_size: int, length: int, **_: Any) -> FakeCache:
         """A cache stand-in of ``length`` rows."""
         return FakeCache(batch_size, length)

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from harness.network import DiTConfig, KVCache, QKVCache, block_causal_mask
+from harness.model.network import DiTConfig, KVCache, QKVCache, block_causal_mask
 
 
 class PositionRotary:
@@ -140,6 +140,12 @@ class FixedLogitsModel(nn.Module):
         if not return_logits:
             return None
         return self._logits(x, torch.arange(start, start + n, device=x.device), None)
+
+    @staticmethod
+    def block_causal_mask(n: int, block_size: int, device: Any = None) -> Tensor:
+        """Denoiser protocol's BD3-LM mask: key k visible to query q iff block(k) <= block(q)."""
+        blk = torch.arange(n, device=device) // block_size
+        return blk[None, :] <= blk[:, None]
 
     def new_kv_cache(
         self, batch_size: int, length: int, *, dtype: Any = None, device: Any = None

@@ -16,8 +16,8 @@ import torch
 from scipy.stats import chisquare
 from torch.testing import assert_close
 
-from harness.configio import ConfigError, from_dict, to_dict
-from harness.network import block_causal_mask
+from dlmcore.configio import ConfigError, from_dict, to_dict
+from harness.model.network import block_causal_mask
 from samplers import SamplerError
 from samplers.bd3lm_block import (
     BD3LMConfig,

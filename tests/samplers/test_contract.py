@@ -17,8 +17,8 @@ import pytest
 import torch
 import yaml
 
-from harness.configio import ConfigError, from_dict, to_dict
-from harness.network import FAMILIES
+from dlmcore.configio import ConfigError, from_dict, to_dict
+from harness.model.network import FAMILIES
 from samplers import POLICIES, SAMPLERS, SCHEDULES, Sampler, SamplerError
 from samplers.mdlm_ancestral import MDLMConfig
 from tests.conftest import TINY, tiny_model

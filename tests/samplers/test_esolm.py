@@ -15,7 +15,7 @@ import torch
 from scipy.stats import chisquare
 from torch.testing import assert_close
 
-from harness.configio import ConfigError, from_dict, to_dict
+from dlmcore.configio import ConfigError, from_dict, to_dict
 from samplers import SAMPLERS, SamplerError
 from samplers.esolm import (
     EsoLMConfig,

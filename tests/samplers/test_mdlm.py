@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from harness.configio import ConfigError, from_dict
+from dlmcore.configio import ConfigError, from_dict
 from samplers import SCHEDULES, SamplerError
 from samplers.mdlm_ancestral import MDLMAncestral, MDLMConfig
 from samplers.mdlm_first_hitting import MDLMFirstHitting

@@ -11,7 +11,7 @@ import pytest
 import torch
 from scipy import stats
 
-from harness.configio import ConfigError, from_dict
+from dlmcore.configio import ConfigError, from_dict
 from samplers import POLICIES, SAMPLERS, SCHEDULES
 from samplers import schedules as sch
 from samplers.mdlm_ancestral import MDLMConfig

@@ -1,0 +1,939 @@
+"""Experiment configs: a YAML file → a validated :class:`Experiment` → a list of :class:`Cell`.
+
+The YAML repeats the frozen dataclasses below field for field::
+
+    name: smoke
+    checkpoints:                      # name → path, or random:<size> (+ vocab_size)
+      tiny: {path: "random:tiny", vocab_size: 64}
+    samplers:
+      - {name: mdlm_T, sampler: mdlm, checkpoint: tiny, params: {num_steps: [4, 8]}}
+      - sampler: bd3lm                # name defaults to the registry name
+        zip: [{block_size: [4, 8], steps_per_block: [2, 4]}]   # these move together
+    seq_lens: [16]
+    batch_sizes: [1, 2]
+    seeds: [0]
+    device: cpu
+    dtype: float32                    # bfloat16 = autocast
+    timing: {mode: full, repeats: 5, warmup: 1}
+
+A list value under ``params`` is a grid axis (cartesian product with the other axes); a ``zip``
+group's lists move together. For a sampler field whose own type is a list, only a list of lists
+is an axis. Validation reports every problem at once (:func:`load_experiment`).
+
+Each grid point is a :class:`Cell`; its ``cell_id`` hashes its fully resolved configuration
+(sampler config with defaults, model config, sizes, seed, device, dtype, timing), so it keys
+resume. Labels and the order of YAML keys and lists do not enter the hash.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import copy
+import dataclasses
+import hashlib
+import itertools
+import json
+import os
+import re
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from dlmcore.configio import ConfigError, coerce, collect, parse_scalar, to_dict
+from dlmcore.registry import did_you_mean
+from harness.model import modelspec
+from harness.model.network import DiTConfig
+from samplers.base import SAMPLERS, SamplerError, check_family
+
+CELL_SCHEMA = 1
+"""Version of the resolved-cell layout that is hashed; bump it when the layout changes."""
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    """Where a model comes from.
+
+    Attributes:
+        path: a checkpoint directory or file, or ``random:<size>`` for seeded random weights
+            (family taken from the sampler using it).
+        vocab_size: V including the mask token; required for ``random:`` specs, not allowed for
+            paths (read from the checkpoint).
+        init_seed: weight seed of ``random:`` specs.
+        model: extra :class:`DiTConfig` fields for ``random:`` specs (e.g. ``bos_index``).
+    """
+
+    path: str
+    vocab_size: int | None = None
+    init_seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_random(self) -> bool:
+        """Whether this is a ``random:<size>`` spec."""
+        return modelspec.is_random(self.path)
+
+    def problems(self) -> list[str]:
+        """Missing paths, unknown sizes, misplaced or invalid fields."""
+        if not self.is_random:
+            out = []
+            if not Path(self.path).exists():
+                out.append(
+                    f"checkpoint path '{self.path}' does not exist. Give an existing checkpoint "
+                    f"directory, or 'random:<size>' (dlmbench ls checkpoints)."
+                )
+            if self.vocab_size is not None or self.model:
+                out.append(
+                    f"'vocab_size'/'model' apply to random: specs only; '{self.path}' is a path "
+                    "(its checkpoint defines them). Remove them."
+                )
+            return out
+        return self._random_problems()
+
+    def _random_problems(self) -> list[str]:
+        size = self.path[len(modelspec.RANDOM_PREFIX) :]
+        out = []
+        try:
+            modelspec.random_config(size, "mdlm", self.vocab_size or 8, {})
+        except ValueError as e:
+            out.append(f"'{self.path}': {e}")
+        if self.vocab_size is None or self.vocab_size < 2:
+            out.append(
+                f"'vocab_size' is {self.vocab_size}; a '{self.path}' spec needs an integer >= 2 "
+                "(it includes the mask token), e.g. vocab_size: 64."
+            )
+        names = [f.name for f in dataclasses.fields(DiTConfig) if f.name not in ("family",)]
+        for key in self.model:
+            if key not in names or key == "vocab_size":
+                out.append(
+                    f"unknown model field '{key}'.{did_you_mean(key, names)} Allowed: "
+                    f"{', '.join(n for n in names if n != 'vocab_size')} (family comes from the "
+                    "sampler, vocab_size from 'vocab_size')."
+                )
+        return out
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """One sampler entry: a registry name, its parameter grid, and the checkpoint it runs on.
+
+    Attributes:
+        sampler: registry name (``dlmbench ls samplers``).
+        name: label in the results (``label`` column); defaults to ``sampler``; unique.
+        checkpoint: a key of ``checkpoints``; may be omitted when there is only one.
+        params: sampler config fields; a list value is a grid axis.
+        zip: groups of fields whose lists move together (equal lengths).
+    """
+
+    sampler: str
+    name: str | None = None
+    checkpoint: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    zip: tuple[dict[str, list[Any]], ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The results label: ``name`` or the registry name."""
+        return self.name or self.sampler
+
+    def problems(self) -> list[str]:
+        """Bad labels and malformed ``zip`` groups."""
+        out = []
+        if not NAME_RE.match(self.label):
+            out.append(f"'name' is {self.label!r}; use letters, digits and _ . + - only.")
+        seen: set[str] = set(self.params)
+        for i, group in enumerate(self.zip):
+            where = f"'{self.label}': zip[{i}]"
+            lengths = {k: len(v) for k, v in group.items()}
+            if not group or 0 in lengths.values():
+                out.append(f"{where} is empty ({group}); give each field a non-empty list.")
+            elif len(set(lengths.values())) > 1:
+                out.append(
+                    f"{where} lists have different lengths {lengths}; zipped fields move "
+                    "together, so give them equal lengths (or move one to params for a product)."
+                )
+            for key in group:
+                if key in seen:
+                    out.append(f"{where}: '{key}' also appears in params or another zip group.")
+                seen.add(key)
+        return out
+
+
+@dataclass(frozen=True)
+class TimingConfig:
+    """How each cell is timed (measurement.md §2-§4).
+
+    Attributes:
+        mode: ``full`` (everything the sampler does) or ``profile`` (network calls only; sets
+            the sampler's ``profile`` field).
+        repeats: timed repeats (at least).
+        warmup: untimed warm-up executions of the same plan.
+        min_time_s: keep repeating until the timed total reaches this (optional).
+        max_repeats: cap on repeats when ``min_time_s`` is set.
+        save_samples: keep the first repeat's token ids in ``full`` mode.
+    """
+
+    mode: Literal["full", "profile"] = "full"
+    repeats: int = 5
+    warmup: int = 1
+    min_time_s: float | None = None
+    max_repeats: int = 100
+    save_samples: bool = True
+
+    def problems(self) -> list[str]:
+        """Range checks."""
+        out = []
+        if self.repeats < 1:
+            out.append(f"'repeats' is {self.repeats}; it must be >= 1 (5 is a good start).")
+        if self.warmup < 0:
+            out.append(f"'warmup' is {self.warmup}; it must be >= 0.")
+        if self.min_time_s is not None and not self.min_time_s > 0:
+            out.append(f"'min_time_s' is {self.min_time_s}; it must be > 0 or null.")
+        if self.max_repeats < self.repeats:
+            out.append(
+                f"'max_repeats' is {self.max_repeats}, below 'repeats' {self.repeats}; raise it."
+            )
+        return out
+
+
+EXECUTOR_KINDS = ("local", "local-multi", "slurm")
+"""``executor.kind`` values: see :class:`ExecutorConfig` and docs/executors.md."""
+
+SLURM_INSTALL_HINT = "pip install 'dlmbench[slurm]'"
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    """Where the cells run (docs/executors.md).
+
+    Not part of any cell's hash: a run started by one executor is resumed by any other, and its
+    rows are the same.
+
+    Attributes:
+        kind: ``local`` (this process, cells in sweep order; the default), ``local-multi`` (one
+            worker per device, every cell in a fresh process), or ``slurm`` (job arrays through
+            submitit; ``pip install 'dlmbench[slurm]'``).
+        workers: local-multi: worker processes, at most one per device; default: one per GPU of
+            ``devices`` on CUDA, 1 on CPU.
+        devices: local-multi on CUDA: indices (among the visible GPUs) to use; default all.
+        threads_per_worker: torch threads of each cell process; default cores // workers.
+        pin_cpus: bind each worker's cells to their own cores; default on CPU only.
+        cluster: slurm: ``slurm`` (sbatch), or submitit's ``local`` (processes here) or
+            ``debug`` (in this process) for testing.
+        partition: sbatch ``--partition``.
+        account: sbatch ``--account``.
+        qos: sbatch ``--qos``.
+        time_min: wall-time limit of one array task, minutes.
+        gpus_per_task: GPUs per array task; default 1 when ``device`` is CUDA, else 0.
+        cpus_per_task: CPUs per array task (also its cells' torch threads).
+        mem_gb: memory per array task, GB.
+        array_parallelism: at most this many array tasks run at once.
+        max_requeues: times a preempted or timed-out task is requeued (finished cells are kept).
+        setup: shell lines run before each task (``module load ...``, ``source venv/bin/activate``).
+        slurm_additional: extra sbatch options, verbatim (``{constraint: h100, exclusive: true}``).
+        wait: block until every task has finished; ``false`` submits and returns (follow it with
+            ``dlmbench status RUN``).
+    """
+
+    kind: Literal["local", "local-multi", "slurm"] = "local"
+    workers: int | None = None
+    devices: tuple[int, ...] | None = None
+    threads_per_worker: int | None = None
+    pin_cpus: bool | None = None
+    cluster: Literal["slurm", "local", "debug"] = "slurm"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time_min: int = 60
+    gpus_per_task: int | None = None
+    cpus_per_task: int | None = None
+    mem_gb: float | None = None
+    array_parallelism: int = 16
+    max_requeues: int = 3
+    setup: tuple[str, ...] = ()
+    slurm_additional: dict[str, Any] = field(default_factory=dict)
+    wait: bool = True
+
+    def problems(self) -> list[str]:
+        """Range checks, and submitit's presence for ``slurm``."""
+        out = []
+        for name, low in (
+            ("workers", 1), ("threads_per_worker", 1), ("time_min", 1), ("gpus_per_task", 0),
+            ("cpus_per_task", 1), ("array_parallelism", 1), ("max_requeues", 0),
+        ):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < low:
+                out.append(f"'{name}' is {value}; it must be >= {low}.")
+        if self.mem_gb is not None and not self.mem_gb > 0:
+            out.append(f"'mem_gb' is {self.mem_gb}; it must be > 0 or null.")
+        if self.devices is not None:
+            if not self.devices or any(d < 0 for d in self.devices):
+                out.append(
+                    f"'devices' is {list(self.devices)}; give GPU indices >= 0, e.g. [0, 1], or "
+                    "null for every visible GPU."
+                )
+            elif len(set(self.devices)) < len(self.devices):
+                out.append(f"'devices' repeats an index in {list(self.devices)}; list each once.")
+        if self.kind == "slurm" and not submitit_available():
+            out.append(
+                "executor 'slurm' needs the submitit package, which is not installed. Install it "
+                f"with: {SLURM_INSTALL_HINT} (or run with --executor local-multi)."
+            )
+        return out
+
+
+def submitit_available() -> bool:
+    """Whether ``import submitit`` works (the ``slurm`` executor's optional dependency)."""
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def executor_problems(ex: ExecutorConfig, device: str) -> list[str]:
+    """Whether ``ex`` fits ``device``: a GPU per worker, workers × threads within the cores."""
+    import torch
+
+    if ex.kind == "local" or not DEVICE_RE.match(device):
+        return []
+    where = f"executor '{ex.kind}'"
+    if device.startswith("cuda:") and device != "cuda:0":
+        return [
+            f"{where} gives each worker its own GPU (CUDA_VISIBLE_DEVICES), so 'device' must be "
+            f"'cuda', not '{device}'; choose GPUs with executor.devices: [{device[5:]}]."
+        ]
+    if ex.kind == "slurm":
+        return []
+    cores = available_cores()
+    if device.startswith("cuda"):
+        have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        devices = list(ex.devices) if ex.devices is not None else list(range(have))
+        out = [
+            f"executor.devices lists GPU {d}, but only {have} GPU(s) are visible (0..{have - 1})."
+            for d in devices
+            if d >= have
+        ]
+        n, what = len(devices), f"{len(devices)} GPU(s) {devices}"
+    else:
+        out, n = [], (1 if device == "mps" else cores)
+        what = "one MPS device" if device == "mps" else f"{cores} CPU core(s)"
+    workers = ex.workers or (n if device.startswith("cuda") else 1)
+    if workers > n:
+        out.append(
+            f"executor.workers is {workers}, more workers than devices: this machine has "
+            f"{what}, and two timed cells must never share one. Set workers <= {n}."
+        )
+    if ex.threads_per_worker and workers * ex.threads_per_worker > cores:
+        out.append(
+            f"executor.workers × threads_per_worker = {workers} × {ex.threads_per_worker} > "
+            f"{cores} cores; lower threads_per_worker to {max(1, cores // workers)} or fewer."
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A whole sweep: checkpoints × samplers × params × seq_lens × batch_sizes × seeds.
+
+    Attributes:
+        name: run name (the run folder is ``<output_dir>/<name>-<hash>``).
+        checkpoints: name → :class:`CheckpointSpec` (YAML shorthand: name → path string).
+        samplers: the sampler entries.
+        seq_lens: generated lengths L.
+        batch_sizes: batch sizes b (ascending order is used, for the OOM backstop).
+        seeds: cell seeds (schedule draws and sampling noise).
+        device: ``cpu``, ``cuda``, ``cuda:<i>`` or ``mps``.
+        dtype: ``float32``, or ``bfloat16`` (autocast; weights stay fp32).
+        timing: see :class:`TimingConfig`.
+        output_dir: where run folders go.
+        executor: where the cells run; see :class:`ExecutorConfig` (not hashed into cells).
+    """
+
+    name: str
+    checkpoints: dict[str, CheckpointSpec]
+    samplers: tuple[SamplerSpec, ...]
+    seq_lens: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    seeds: tuple[int, ...] = (0,)
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    output_dir: str = "results"
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+
+    def problems(self) -> list[str]:
+        """Cross-field checks; a field left ``None`` was malformed and is skipped."""
+        out = []
+        if self.name is not None and not NAME_RE.match(self.name):
+            out.append(f"'name' is {self.name!r}; use letters, digits and _ . + - only.")
+        out += _axis_problems("seq_lens", self.seq_lens, 1, "[256, 1024]")
+        out += _axis_problems("batch_sizes", self.batch_sizes, 1, "[1, 8]")
+        out += _axis_problems("seeds", self.seeds, 0, "[0]")
+        if self.samplers is not None and not self.samplers:
+            out.append("'samplers' is empty; add at least one entry (dlmbench ls samplers).")
+        if self.checkpoints is not None and not self.checkpoints:
+            out.append(
+                "'checkpoints' is empty; add e.g. tiny: {path: 'random:tiny', vocab_size: 64}."
+            )
+        out += self._reference_problems()
+        if self.device is not None:
+            out += device_problems(self.device, present=not self._device_elsewhere)
+            if self.executor is not None:
+                out += executor_problems(self.executor, self.device)
+        return out
+
+    @property
+    def _device_elsewhere(self) -> bool:
+        """Whether the device may be absent from this host.
+
+        True when cells run on Slurm nodes (this is the submitting host) and for a dry run priced
+        on named hardware (``load_experiment(device_here=False)``).
+        """
+        ex = self.executor
+        slurm = ex is not None and ex.kind == "slurm" and ex.cluster == "slurm"
+        return slurm or not _DEVICE_HERE.get()
+
+    def _reference_problems(self) -> list[str]:
+        out = []
+        specs = [s for s in self.samplers or () if s is not None]
+        labels = [s.label for s in specs]
+        for dup in sorted({x for x in labels if labels.count(x) > 1}):
+            out.append(
+                f"sampler name '{dup}' is used {labels.count(dup)} times; "
+                "give each entry a unique 'name'."
+            )
+        if self.checkpoints is None:
+            return out
+        names = list(self.checkpoints)
+        for s in specs:
+            if s.checkpoint is None and len(names) > 1:
+                out.append(
+                    f"sampler '{s.label}' has no 'checkpoint' and there are several "
+                    f"({', '.join(names)}); name one."
+                )
+            elif s.checkpoint is not None and s.checkpoint not in names:
+                out.append(
+                    f"sampler '{s.label}': checkpoint '{s.checkpoint}' is not defined under "
+                    f"'checkpoints'.{did_you_mean(s.checkpoint, names)} "
+                    f"Defined: {', '.join(names)}."
+                )
+        return out
+
+
+def _axis_problems(name: str, values: Sequence[int] | None, low: int, example: str) -> list[str]:
+    if values is None:
+        return []
+    if not values:
+        return [f"'{name}' is empty; give at least one value, e.g. {name}: {example}."]
+    out = [f"'{name}' contains {v}; values must be >= {low}." for v in values if v < low]
+    dups = sorted({v for v in values if list(values).count(v) > 1})
+    if dups:
+        out.append(f"'{name}' repeats {dups}; list each value once.")
+    return out
+
+
+_DEVICE_HERE: contextvars.ContextVar[bool] = contextvars.ContextVar("device_here", default=True)
+"""Whether validation requires the config's device on this host (see :func:`load_experiment`)."""
+
+
+def device_problems(device: str, present: bool = True) -> list[str]:
+    """Whether ``device`` is well-formed and (if ``present``) exists here; no CUDA context."""
+    import torch
+
+    if not DEVICE_RE.match(device):
+        return [f"'device' is {device!r}; allowed: cpu, cuda, cuda:<index>, mps."]
+    if not present:
+        return []
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            return [f"'device' is '{device}' but no CUDA device is available; use device: cpu."]
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        if idx >= torch.cuda.device_count():
+            return [f"'device' is '{device}'; only {torch.cuda.device_count()} CUDA device(s)."]
+    if device == "mps" and not torch.backends.mps.is_available():
+        return ["'device' is 'mps' but MPS is not available; use device: cpu."]
+    return []
+
+
+# --------------------------------------------------------------------------------------------
+# Loading, overrides, validation
+# --------------------------------------------------------------------------------------------
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML (safe loader) into a plain dict.
+
+    Raises:
+        ConfigError: missing file, a YAML syntax error, or a top level that is not a mapping.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"config file '{p}' not found; pass a YAML path (see configs/)."])
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError([f"'{p}' is not valid YAML: {e}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"'{p}' must hold a mapping of Experiment fields, got {raw!r}."])
+    return raw
+
+
+def normalise(raw: dict[str, Any]) -> dict[str, Any]:
+    """Expand YAML shorthands: ``checkpoints: {name: "path"}`` → ``{name: {path: "path"}}``."""
+    raw = copy.deepcopy(raw)
+    ck = raw.get("checkpoints")
+    if isinstance(ck, dict):
+        raw["checkpoints"] = {k: {"path": v} if isinstance(v, str) else v for k, v in ck.items()}
+    return raw
+
+
+def _strip_none(tp: Any) -> Any:
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
+
+
+def _child(node: Any, tp: Any, part: str) -> tuple[Any, Any, str | None]:
+    """One step of an override path: (child container key, child type, problem)."""
+    tp = _strip_none(tp)
+    if dataclasses.is_dataclass(tp):
+        names = [f.name for f in dataclasses.fields(tp)]
+        if part not in names:
+            return (
+                None,
+                None,
+                f"unknown key '{part}'.{did_you_mean(part, names)} Allowed: {', '.join(names)}.",
+            )
+        return part, get_type_hints(tp)[part], None
+    if get_origin(tp) in (list, tuple):
+        inner = [a for a in get_args(tp) if a is not Ellipsis][0]
+        items = node if isinstance(node, list) else []
+        if part.isdigit() and int(part) < len(items):
+            return int(part), inner, None
+        labels = [x.get("name") or x.get("sampler") for x in items if isinstance(x, dict)]
+        if part in labels:
+            return labels.index(part), inner, None
+        return (
+            None,
+            None,
+            (
+                f"no entry '{part}'.{did_you_mean(part, [str(x) for x in labels])} Use an index "
+                f"0..{len(items) - 1} or a name: {', '.join(map(str, labels))}."
+            ),
+        )
+    if get_origin(tp) is dict:
+        return part, get_args(tp)[1] if get_args(tp) else Any, None
+    return part, Any, None
+
+
+def _set_override(raw: dict[str, Any], key: str, value: Any) -> str | None:
+    """Set ``raw[a][b]… = value`` after checking the path and the value's type."""
+    node: Any = raw
+    tp: Any = Experiment
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict | list):
+            where = ".".join(parts[:i])
+            return f"'{where}' is not a mapping in the config, so '{part}' cannot be set."
+        k, tp, problem = _child(node, tp, part)
+        if problem:
+            return problem
+        if i == len(parts) - 1:
+            break
+        if isinstance(node, dict) and k not in node:
+            node[k] = {}
+        node = node[k]
+    if _strip_none(tp) is CheckpointSpec and isinstance(value, str):
+        value = {"path": value}  # the YAML shorthand name: PATH
+    trial: list[str] = []
+    coerce(value, tp, key, trial)
+    if trial:
+        return trial[0]
+    node[k] = value
+    return None
+
+
+def apply_overrides(
+    raw: dict[str, Any], overrides: Sequence[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """Apply CLI overrides ``a.b=value`` (YAML scalar syntax), each type-checked.
+
+    List entries (``samplers``) are addressed by index or by name:
+    ``samplers.mdlm.params.num_steps=8``.
+
+    Returns:
+        The new raw dict and the problems (one per bad override, which is then not applied).
+    """
+    raw = copy.deepcopy(raw)
+    problems = []
+    for text in overrides:
+        key, sep, value_text = text.partition("=")
+        if not sep or not key.strip():
+            problems.append(
+                f"override {text!r} is not of the form key=value; write e.g. timing.repeats=3."
+            )
+            continue
+        try:
+            value = parse_scalar(value_text)
+        except yaml.YAMLError as e:
+            problems.append(f"override {text!r}: the value is not valid YAML ({e}).")
+            continue
+        problem = _set_override(raw, key.strip(), value)
+        if problem:
+            problems.append(f"override {text!r}: {problem}")
+    return raw, problems
+
+
+def _salvage(cls: type, raw: dict[str, Any], prefix: str = "") -> tuple[Any, list[str]]:
+    """``cls`` built from the parts of ``raw`` that type-check, and its value-check problems.
+
+    A field that does not type-check takes its default (``None`` when it has none), so the
+    value and cross-field checks still run, and report, when another part of the file is
+    malformed. Checkpoint entries that fail any check become ``None``; sampler entries are kept
+    when they type-check. ``problems()`` of every rebuilt part is run with configio's prefixes.
+    """
+    hints = get_type_hints(cls)
+    kw: dict[str, Any] = {}
+    problems: list[str] = []
+    for f in dataclasses.fields(cls):
+        where = f"{prefix}.{f.name}" if prefix else f.name
+        value, tp = raw.get(f.name, dataclasses.MISSING), hints[f.name]
+        if value is dataclasses.MISSING:
+            kw[f.name] = _default(f)
+        elif cls is Experiment and f.name == "checkpoints" and isinstance(value, dict):
+            kw[f.name] = {k: _clean(CheckpointSpec, v, f"{where}.{k}") for k, v in value.items()}
+        elif cls is Experiment and f.name == "samplers" and isinstance(value, list):
+            built = [collect(SamplerSpec, v, f"{where}[{i}]") for i, v in enumerate(value)]
+            kw[f.name] = tuple(obj for obj, _ in built)
+        elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            kw[f.name], more = _salvage(tp, value, where)
+            problems += more
+        else:
+            trial: list[str] = []
+            out = coerce(value, tp, where, trial)
+            kw[f.name] = _default(f) if trial else out
+    obj = cls(**kw)
+    check = getattr(obj, "problems", None)
+    if callable(check):
+        problems += [f"{prefix}: {p}" if prefix else p for p in check()]
+    return obj, problems
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+def _clean(cls: type, data: Any, prefix: str) -> Any:
+    """``cls`` from ``data`` if it passes every check, else ``None``."""
+    obj, problems = collect(cls, data, prefix) if isinstance(data, dict) else (None, ["-"])
+    return None if problems else obj
+
+
+def validate(raw: dict[str, Any]) -> tuple[Experiment | None, list[Cell], list[str]]:
+    """Type-check, cross-check and expand ``raw``; never raises for config problems.
+
+    Returns:
+        ``(experiment or None, cells, problems)``; the config is valid iff ``problems`` is empty.
+    """
+    raw = normalise(raw)
+    exp, problems = collect(Experiment, raw)
+    if exp is None:
+        exp, more = _salvage(Experiment, raw)
+        problems += more
+    cells, more = expand_cells(exp)
+    problems = list(dict.fromkeys(problems + more))
+    return (exp if not problems else None), cells, problems
+
+
+def load_experiment(
+    path: str | Path, overrides: Sequence[str] = (), *, device_here: bool = True
+) -> tuple[Experiment, list[Cell]]:
+    """Load, override, validate and expand an experiment YAML.
+
+    Args:
+        path: the YAML file.
+        overrides: ``a.b=value`` strings.
+        device_here: ``False`` skips the check that the config's device exists on this host
+            (a dry run priced on named hardware); its spelling is still checked.
+
+    Raises:
+        ConfigError: listing every problem found (bad overrides included).
+    """
+    raw, problems = apply_overrides(normalise(load_yaml(path)), overrides)
+    token = _DEVICE_HERE.set(device_here)
+    try:
+        exp, cells, more = validate(raw)
+    finally:
+        _DEVICE_HERE.reset(token)
+    problems += more
+    if problems or exp is None:
+        raise ConfigError(problems, f"Invalid experiment config '{path}'")
+    return exp, cells
+
+
+# --------------------------------------------------------------------------------------------
+# Cells
+# --------------------------------------------------------------------------------------------
+
+
+def stable_hash(obj: Any, n: int = 16) -> str:
+    """Hex SHA-256 prefix of canonical JSON (sorted keys): stable across processes."""
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid point: a sampler config on a model at (L, b, seed), timed on one device.
+
+    Attributes:
+        index: position in the sweep (progress order).
+        label: the sampler entry's name.
+        sampler: registry name.
+        config: the sampler's frozen config (every field resolved, defaults included).
+        checkpoint: name of the checkpoint entry.
+        ckpt: its spec.
+        model_cfg: the network config (family resolved).
+        seq_len: L.
+        batch_size: b.
+        seed: cell seed.
+        device: device string.
+        dtype: ``float32`` or ``bfloat16``.
+        timing: the timing settings.
+    """
+
+    index: int
+    label: str
+    sampler: str
+    config: Any
+    checkpoint: str
+    ckpt: CheckpointSpec
+    model_cfg: DiTConfig
+    seq_len: int
+    batch_size: int
+    seed: int
+    device: str
+    dtype: str
+    timing: TimingConfig
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The sampler config as a plain dict."""
+        return to_dict(self.config)
+
+    def resolved(self) -> dict[str, Any]:
+        """Everything that defines the measurement; hashed into :attr:`cell_id`."""
+        return {
+            "schema": CELL_SCHEMA,
+            "sampler": self.sampler,
+            "params": self.params,
+            "model": {
+                "source": self.ckpt.path,
+                "init_seed": self.ckpt.init_seed if self.ckpt.is_random else None,
+                "config": self.model_cfg.to_dict(),
+            },
+            "seq_len": self.seq_len,
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "device": self.device,
+            "dtype": self.dtype,
+            "timing": to_dict(self.timing),
+        }
+
+    @cached_property
+    def cell_id(self) -> str:
+        """Hash of :meth:`resolved`."""
+        return stable_hash(self.resolved())
+
+    @cached_property
+    def group_id(self) -> str:
+        """Hash of the cell without batch size and seed: the OOM backstop's group."""
+        res = self.resolved()
+        del res["batch_size"], res["seed"]
+        return stable_hash(res)
+
+
+def _is_axis(value: Any, tp: Any) -> bool:
+    """A list is a grid axis, except for a list-typed field, where only a list of lists is."""
+    if not isinstance(value, list):
+        return False
+    if get_origin(_strip_none(tp)) in (list, tuple):
+        return bool(value) and all(isinstance(v, list) for v in value)
+    return True
+
+
+def param_grid(
+    spec: SamplerSpec, config_class: type, mode: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Expand ``params`` (product of list axes) and ``zip`` groups into parameter dicts.
+
+    The timing mode sets the config's ``profile`` field.
+
+    Returns:
+        ``(combinations in grid order, problems)``.
+    """
+    hints = get_type_hints(config_class)
+    fixed, axes, problems = {}, [], []
+    for key, value in spec.params.items():
+        if _is_axis(value, hints.get(key)):
+            if not value:
+                problems.append(
+                    f"'{spec.label}': params.{key} is an empty list (empty grid); "
+                    "give at least one value."
+                )
+            axes.append([{key: v} for v in value])
+        else:
+            fixed[key] = value
+    for group in spec.zip:
+        n = min((len(v) for v in group.values()), default=0)
+        axes.append([{k: v[i] for k, v in group.items()} for i in range(n)])
+    keys = set(spec.params) | {k for g in spec.zip for k in g}
+    if "profile" in keys:
+        problems.append(
+            f"'{spec.label}': set the timing mode with 'timing.mode: profile', not params.profile."
+        )
+    elif "profile" in hints:
+        fixed["profile"] = mode == "profile"
+    elif mode == "profile":
+        problems.append(
+            f"sampler '{spec.sampler}' has no 'profile' field, so timing.mode 'profile' "
+            "cannot apply; use mode: full."
+        )
+    combos = [
+        dict(fixed, **{k: v for d in choice for k, v in d.items()})
+        for choice in itertools.product(*axes)
+    ]
+    return combos, problems
+
+
+def _model_config(spec: CheckpointSpec, family: str) -> DiTConfig:
+    if spec.is_random:
+        size = spec.path[len(modelspec.RANDOM_PREFIX) :]
+        return modelspec.random_config(size, family, spec.vocab_size or 0, spec.model)
+    return modelspec.peek_config(spec.path)
+
+
+def _entry_problems(
+    cls: type, cfg: Any, label: str, model_cfg: DiTConfig, ckpt_name: str, seq_lens: Sequence[int]
+) -> list[str]:
+    """Family match and L divisible by the block size, for one built sampler config."""
+    out = []
+    sampler = cls(cfg)
+    try:
+        check_family(sampler, SimpleNamespace(config=model_cfg), ckpt_name)
+    except SamplerError as e:
+        out.append(f"'{label}': {e}")
+    block = getattr(cfg, "block_size", None) or (
+        model_cfg.block_size if hasattr(cfg, "block_size") else None
+    )
+    for L in seq_lens:
+        if block and L % block:
+            out.append(
+                f"'{label}': seq_len {L} is not divisible by block_size {block}; use seq_lens "
+                f"that are multiples of {block}, or another block_size."
+            )
+    return out
+
+
+def expand_cells(exp: Experiment) -> tuple[list[Cell], list[str]]:
+    """Every cell of ``exp`` in run order (entry, params, L, b ascending, seed), and the problems.
+
+    Parts of ``exp`` left ``None`` by :func:`_salvage` are skipped.
+    """
+    cells: list[Cell] = []
+    problems: list[str] = []
+    model_cfgs: dict[tuple[str, str], DiTConfig] = {}
+    ckpts = exp.checkpoints or {}
+    for spec in [s for s in exp.samplers or () if s is not None]:
+        if spec.sampler not in SAMPLERS:
+            problems.append(f"'{spec.label}': {SAMPLERS.unknown_message(spec.sampler)}")
+            continue
+        cls = SAMPLERS.get(spec.sampler)
+        ckpt_name = spec.checkpoint or (next(iter(ckpts)) if len(ckpts) == 1 else None)
+        ckpt = ckpts.get(ckpt_name) if ckpt_name else None
+        model_cfg = None
+        if ckpt is not None:
+            key = (ckpt_name, cls.families[0])
+            try:
+                model_cfg = model_cfgs.get(key) or _model_config(ckpt, cls.families[0])
+                model_cfgs[key] = model_cfg
+            except (ValueError, TypeError, OSError) as e:
+                problems.append(f"checkpoint '{ckpt_name}': cannot read its model config: {e}")
+        combos, more = param_grid(spec, cls.config_class, exp.timing.mode if exp.timing else "full")
+        problems += more
+        for params in combos:
+            cfg, more = collect(cls.config_class, params, prefix=f"samplers.{spec.label}.params")
+            problems += more
+            if cfg is None or model_cfg is None:
+                continue
+            problems += _entry_problems(
+                cls, cfg, spec.label, model_cfg, ckpt_name, exp.seq_lens or ()
+            )
+            cells += _cells_of(exp, spec, cfg, ckpt_name, ckpt, model_cfg, start=len(cells))
+    ids = [c.cell_id for c in cells]
+    for dup in sorted({i for i in ids if ids.count(i) > 1}):
+        same = [c.label for c in cells if c.cell_id == dup]
+        problems.append(f"entries {same} produce identical cells ({dup}); remove the duplicate.")
+    return cells, problems
+
+
+def _cells_of(
+    exp: Experiment,
+    spec: SamplerSpec,
+    cfg: Any,
+    ckpt_name: str,
+    ckpt: CheckpointSpec,
+    model_cfg: DiTConfig,
+    start: int,
+) -> list[Cell]:
+    if not (
+        exp.seq_lens and exp.batch_sizes and exp.seeds and exp.timing and exp.device and exp.dtype
+    ):
+        return []
+    out = []
+    for L, b, seed in itertools.product(sorted(exp.seq_lens), sorted(exp.batch_sizes), exp.seeds):
+        out.append(
+            Cell(
+                index=start + len(out),
+                label=spec.label,
+                sampler=spec.sampler,
+                config=cfg,
+                checkpoint=ckpt_name,
+                ckpt=ckpt,
+                model_cfg=model_cfg,
+                seq_len=L,
+                batch_size=b,
+                seed=seed,
+                device=exp.device,
+                dtype=exp.dtype,
+                timing=exp.timing,
+            )
+        )
+    return out
+
+
+def run_id_for(exp: Experiment, cells: Sequence[Cell]) -> str:
+    """``<name>-<hash of the (cell_id, label) set>``: the same config resumes the same run."""
+    return f"{exp.name}-{stable_hash(sorted((c.cell_id, c.label) for c in cells), 8)}"

@@ -1,0 +1,433 @@
+"""The runner: cells → timed measurements → one results row per cell, resumable.
+
+For each cell (``harness.run.experiment.Cell``) the runner
+
+1. resolves the model (one resident at a time, reused across consecutive cells);
+2. builds the sampler from its registry name and config, checks the family;
+3. resets the memory peaks, seeds a generator on the device, and calls ``plan`` (untimed);
+4. warms up by replaying ``execute(plan)`` W times (the first one under a non-finite-logits
+   guard), then times R repeats, re-setting the generator to its post-plan state before each
+   one, so every repeat replays exactly ``sample(seed)``;
+5. writes a row (``harness.results``): timings, work counters, cost model, memory, energy.
+
+A cell that raises is recorded (``status`` ``error`` or ``oom``, ``error`` = ``"Type: message"``)
+and the sweep goes on; after an out-of-memory at batch B, larger batches of the same
+(sampler, params, L, model) are recorded as ``skipped``. Re-running the same config skips every
+cell whose shard exists.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import math
+import statistics
+import sys
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dlmcore.configio import to_dict
+from harness import results
+from harness.measure import costmodel, energy, envinfo, memory
+from harness.model import modelspec
+from harness.run import timing
+from harness.run.experiment import Cell, Experiment, run_id_for
+from harness.run.experiment import stable_hash as _hash
+from samplers.base import SAMPLERS, SampleResult, check_family
+
+DTYPES = {"float32": (torch.float32, 4), "bfloat16": (torch.bfloat16, 2)}
+
+
+class NonFiniteLogitsError(RuntimeError):
+    """A network call returned NaN or infinite logits."""
+
+
+class InvalidSampleError(RuntimeError):
+    """A full-mode sample has the wrong shape, ids outside the vocabulary, or masks left."""
+
+
+@dataclass
+class RunContext:
+    """State shared by the cells of one run.
+
+    Attributes:
+        run_dir: the run folder.
+        run_id: its name.
+        env_id: hash of this session's environment fingerprint.
+        peaks: device peaks for the cost model (``None`` if they could not be measured).
+        oom: group_id → smallest batch that ran out of memory.
+        models: the resident model.
+    """
+
+    run_dir: Path
+    run_id: str
+    env_id: str
+    peaks: costmodel.Peaks | None
+    oom: dict[str, int] = field(default_factory=dict)
+    models: ModelCache = field(default_factory=lambda: ModelCache())
+
+
+class ModelCache:
+    """Keeps one model resident, so each cell's memory peak holds its own model only."""
+
+    def __init__(self) -> None:
+        self.key: tuple | None = None
+        self.model: Any = None
+        self.provenance: dict[str, Any] = {}
+
+    def get(self, cell: Cell) -> tuple[Any, dict[str, Any]]:
+        """The model of ``cell``, loading it (and dropping the previous one) when it changes."""
+        key = (cell.ckpt.path, cell.ckpt.init_seed, cell.model_cfg, cell.device)
+        if key != self.key:
+            self.key, self.model, self.provenance = None, None, {}
+            _free_memory()
+            self.model, self.provenance = modelspec.load_model(
+                cell.ckpt.path, cell.model_cfg, cell.ckpt.init_seed, cell.device
+            )
+            self.key = key
+        return self.model, self.provenance
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------------------------
+# One cell
+# --------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def numerics(cell: Cell) -> Iterator[None]:
+    """Inference mode, plus bfloat16 autocast when ``cell.dtype`` asks for it."""
+    with torch.inference_mode():
+        if cell.dtype == "bfloat16":
+            with torch.autocast(device_type=cell.device.split(":")[0], dtype=torch.bfloat16):
+                yield
+        else:
+            yield
+
+
+@contextlib.contextmanager
+def nonfinite_guard(model: Any) -> Iterator[None]:
+    """Raise :class:`NonFiniteLogitsError` on any call whose logits hold NaN or ±inf.
+
+    Hooks the output head (every call path goes through it), so it costs one reduction and one
+    host sync per call; it is used on the first warm-up only, never in a timed repeat.
+    """
+    head = getattr(model, "output_layer", model)
+    calls = [0]
+
+    def hook(_mod: Any, _inp: Any, out: torch.Tensor) -> None:
+        calls[0] += 1
+        bad = (~torch.isfinite(out)).sum().item()
+        if bad:
+            raise NonFiniteLogitsError(
+                f"network call {calls[0]} of the first warm-up returned {bad} non-finite logits "
+                f"of {out.numel()} (shape {tuple(out.shape)}, dtype {out.dtype}). Check the "
+                "checkpoint's weights for NaN/inf, or run in float32 (bfloat16 can overflow)."
+            )
+
+    handle = head.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def check_sample(result: SampleResult, cell: Cell) -> None:
+    """Full-mode tokens must be ``(b, L)`` integer ids in ``[0, V)`` with no mask left.
+
+    Raises:
+        InvalidSampleError: naming the first violated rule.
+    """
+    tok, cfg = result.tokens, cell.model_cfg
+    want = (cell.batch_size, cell.seq_len)
+    problem = None
+    if tuple(tok.shape) != want or tok.is_floating_point():
+        problem = (
+            f"tokens have shape {tuple(tok.shape)} and dtype {tok.dtype}; expected {want} ints"
+        )
+    elif tok.numel() and (int(tok.min()) < 0 or int(tok.max()) >= cfg.vocab_size):
+        problem = (
+            f"token ids span [{int(tok.min())}, {int(tok.max())}], outside [0, {cfg.vocab_size})"
+        )
+    elif bool((tok == cfg.mask_id).any()):
+        problem = f"{int((tok == cfg.mask_id).sum())} mask tokens (id {cfg.mask_id}) are left"
+    if problem:
+        raise InvalidSampleError(
+            f"sampler '{cell.sampler}' at seed {cell.seed}: {problem}. A full-mode sample must be "
+            "complete; fix the sampler (or use timing.mode: profile for network-only timing)."
+        )
+
+
+def time_cell(cell: Cell, model: Any) -> tuple[timing.Measurement, SampleResult]:
+    """Plan (untimed), warm up, and time ``execute`` for one cell; return the raw measurement."""
+    sampler = SAMPLERS.build(cell.sampler, cell.config)
+    check_family(sampler, model, cell.checkpoint)
+    gen = torch.Generator(device=cell.device)
+    gen.manual_seed(cell.seed)
+    with numerics(cell):
+        plan = sampler.plan(model, batch_size=cell.batch_size, seq_len=cell.seq_len, generator=gen)
+        state = gen.get_state()
+        meas = timing.measure(
+            lambda: sampler.execute(model, plan, generator=gen),
+            device=cell.device,
+            repeats=cell.timing.repeats,
+            warmup=cell.timing.warmup,
+            reset=lambda: gen.set_state(state),
+            min_time_s=cell.timing.min_time_s,
+            max_repeats=cell.timing.max_repeats,
+            meter=energy.EnergyMeter(cell.device),
+            on_first_warmup=lambda: nonfinite_guard(model),
+        )
+    return meas, meas.first
+
+
+def measure_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+    """Run one cell and return its full ``ok`` row (exceptions propagate to :func:`run_cell`)."""
+    model, prov = ctx.models.get(cell)
+    memory.reset_peaks(cell.device)
+    meas, result = time_cell(cell, model)
+    if cell.timing.mode == "full":
+        check_sample(result, cell)
+    row = identity_columns(cell, ctx, "ok", None, prov)
+    row.update(timing_columns(cell, meas))
+    row.update(work_columns(cell, result, row["wall_s"], ctx.peaks, model))
+    row.update(memory.read_peaks(cell.device))
+    row["cache_bytes_analytic"] = _cache_bytes(cell)
+    row.update(energy_columns(cell, meas))
+    row["content_tokens_mean"] = _content_tokens(cell, result)
+    if cell.timing.mode == "full" and cell.timing.save_samples:
+        row["samples_file"] = results.save_samples(ctx.run_dir, cell.cell_id, result.tokens)
+    return row
+
+
+def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+    """The row of ``cell``: measured, or failed/skipped with ``status`` and ``error`` set."""
+    smallest_oom = ctx.oom.get(cell.group_id)
+    if smallest_oom is not None and cell.batch_size > smallest_oom:
+        msg = f"Skipped: batch {cell.batch_size} > batch {smallest_oom}, which ran out of memory"
+        return identity_columns(cell, ctx, "skipped", msg)
+    try:
+        return measure_cell(cell, ctx)
+    except Exception as e:  # noqa: BLE001 -- a failed cell is recorded, never dropped
+        oom = _is_oom(e)
+        status, error = ("oom" if oom else "error"), f"{type(e).__name__}: {e}"
+    _free_memory()
+    if status == "oom":
+        ctx.oom[cell.group_id] = min(cell.batch_size, ctx.oom.get(cell.group_id, sys.maxsize))
+    return identity_columns(cell, ctx, status, error)
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Row columns
+# --------------------------------------------------------------------------------------------
+
+
+def _param_value(v: Any) -> Any:
+    return v if isinstance(v, bool | int | float | str) or v is None else json.dumps(v)
+
+
+def identity_columns(
+    cell: Cell, ctx: RunContext, status: str, error: str | None, prov: dict | None = None
+) -> dict[str, Any]:
+    """Who the cell is: run, ids, status, sampler, model, sizes, seed, device, ``p_*`` params."""
+    row: dict[str, Any] = {
+        "run_id": ctx.run_id,
+        "cell_id": cell.cell_id,
+        "group_id": cell.group_id,
+        "cell_index": cell.index,
+        "status": status,
+        "error": error,
+        "sampler": cell.sampler,
+        "label": cell.label,
+        "checkpoint": cell.checkpoint,
+        "checkpoint_source": cell.ckpt.path,
+        "checkpoint_sha256": (prov or {}).get("sha256"),
+        "family": cell.model_cfg.family,
+        "model_size": modelspec.size_name(cell.model_cfg),
+        "vocab_size": cell.model_cfg.vocab_size,
+        "batch_size": cell.batch_size,
+        "seq_len": cell.seq_len,
+        "seed": cell.seed,
+        "device": cell.device,
+        "dtype": cell.dtype,
+        "timing_mode": cell.timing.mode,
+        "env_id": ctx.env_id,
+        "cell_config": json.dumps(cell.resolved(), sort_keys=True, default=repr),
+    }
+    row.update({f"p_{k}": _param_value(v) for k, v in cell.params.items()})
+    return row
+
+
+def timing_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:
+    """Summary statistics and raw lists of the timed repeats, and the throughputs."""
+    row = timing.summarise(meas.wall_s, meas.warmup_s)
+    wall, b, L = row["wall_s"], cell.batch_size, cell.seq_len
+    dev = [d for d in meas.device_ms if not math.isnan(d)]
+    row.update(
+        wall_s_all=list(meas.wall_s),
+        device_ms=statistics.median(dev) if dev else math.nan,
+        device_ms_all=list(meas.device_ms),
+        warmup_all_s=list(meas.warmup_s),
+        s_per_sample=wall / b,
+        tokens_per_s=b * L / wall,
+        samples_per_s=b / wall,
+        low_repeat=row["repeats"] < 5,
+    )
+    return row
+
+
+def work_columns(
+    cell: Cell, result: SampleResult, wall: float, peaks: costmodel.Peaks | None, model: Any
+) -> dict[str, Any]:
+    """NFE and token counters from the sample; FLOPs, bytes and the roofline prediction."""
+    info, nfe = result.info or {}, result.nfe_total
+    dtype_bytes = DTYPES[cell.dtype][1]
+    cost = costmodel.sample_cost(cell.model_cfg, result.calls, cell.batch_size, dtype_bytes)
+    predicted = math.nan
+    if peaks is not None:
+        predicted = costmodel.predict_seconds(
+            cell.model_cfg, result.calls, cell.batch_size, peaks, dtype_bytes, model=model
+        )
+    flops = cost["flops_analytic"]
+    return {
+        "nfe_denoise": result.nfe_denoise,
+        "nfe_total": nfe,
+        "nfe_expected": float(info.get("nfe_expected", math.nan)),
+        "nfe_profile_sim": float(info.get("nfe_profile_sim", math.nan)),
+        "token_forwards": result.token_forwards,
+        "tokens_per_forward": cell.seq_len / nfe if nfe else math.nan,
+        "ms_per_call": wall * 1e3 / nfe if nfe else math.nan,
+        **cost,
+        "tflops_effective": flops / wall / 1e12,
+        "mfu": flops / wall / peaks.flops_per_s if peaks else math.nan,
+        "predicted_s": predicted,
+        "predicted_ratio": wall / predicted if predicted and predicted > 0 else math.nan,
+    }
+
+
+def energy_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:
+    """Energy per execute (the meter spans all timed repeats), per sample and per token."""
+    reading = meas.meter or {}
+    total = float(reading.get("energy_j", math.nan))
+    per_run = total / len(meas.wall_s)
+    return {
+        "energy_j": per_run,
+        "energy_j_total": total,
+        "j_per_sample": per_run / cell.batch_size,
+        "j_per_token": per_run / (cell.batch_size * cell.seq_len),
+        "energy_method": reading.get("energy_method", "none"),
+        "power_w_mean": float(reading.get("power_w_mean", math.nan)),
+    }
+
+
+def _cache_bytes(cell: Cell) -> float:
+    """The analytic cache size of the whole batch; the sampler names its cache kind."""
+    sampler = SAMPLERS.get(cell.sampler)(cell.config)
+    kind = sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
+    if kind is None:
+        return 0.0
+    return memory.cache_bytes(
+        cell.model_cfg, kind, cell.batch_size, cell.seq_len, DTYPES[cell.dtype][1]
+    )
+
+
+def _content_tokens(cell: Cell, result: SampleResult) -> float:
+    """Mean tokens per sequence up to and including the first EOS (L if none; measurement §5)."""
+    eos = cell.model_cfg.eos_index
+    if eos is None:
+        eos = cell.model_cfg.bos_index
+    if cell.timing.mode != "full" or eos is None:
+        return math.nan
+    hit = result.tokens == eos  # (b, L)
+    first = torch.where(hit.any(-1), hit.int().argmax(-1) + 1, torch.tensor(cell.seq_len))
+    return float(first.float().mean())
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep
+# --------------------------------------------------------------------------------------------
+
+
+def prepare_run(
+    exp: Experiment, cells: Sequence[Cell], run_id: str | None = None
+) -> tuple[RunContext, dict[str, dict]]:
+    """Create (or reopen) the run folder; return the context and the finished cells."""
+    run_id = run_id or run_id_for(exp, cells)
+    run_dir = Path(exp.output_dir) / run_id
+    env = envinfo.fingerprint(exp.device)
+    env_id = _hash(env, 12)
+    results.init_run_dir(run_dir, {"run_id": run_id, **to_dict(exp)}, env, env_id)
+    try:
+        peaks = costmodel.measure_peaks(exp.device, DTYPES[exp.dtype][0])
+    except Exception as e:  # noqa: BLE001 -- the cost columns become NaN, the run goes on
+        print(f"warning: device peaks not measured ({type(e).__name__}: {e})", file=sys.stderr)
+        peaks = None
+    ctx = RunContext(run_dir, run_id, env_id, peaks)
+    done = results.finished(run_dir)
+    for r in done.values():
+        if r["status"] == "oom":
+            ctx.oom[r["group_id"]] = min(r["batch_size"], ctx.oom.get(r["group_id"], sys.maxsize))
+    return ctx, done
+
+
+def pending_cells(
+    cells: Sequence[Cell], done: dict[str, dict], retry_failed: bool = False
+) -> list[Cell]:
+    """The cells to run: those without a shard (and, with ``retry_failed``, failed ones)."""
+    redo = {"error", "oom", "skipped"} if retry_failed else set()
+    return [c for c in cells if c.cell_id not in done or done[c.cell_id]["status"] in redo]
+
+
+def estimate(
+    exp: Experiment, cells: Sequence[Cell], peaks: costmodel.Peaks | None = None
+) -> list[dict[str, Any]]:
+    """Dry run: the cost model's predicted seconds per cell, from ``expected_calls``.
+
+    Each entry holds the cell's identity, ``predicted_s`` (one execute) and ``total_s``
+    (warm-up + repeats, at least ``min_time_s``); NaN where the sampler cannot predict.
+    ``peaks``: price the cells on other hardware (e.g. ``Peaks.from_spec("h200", ...)``, the
+    roofline model) instead of measuring this machine's device.
+    """
+    torch_dtype, dtype_bytes = DTYPES[exp.dtype]
+    peaks = peaks or costmodel.measure_peaks(exp.device, torch_dtype)
+    out = []
+    for c in cells:
+        sampler = SAMPLERS.build(c.sampler, c.config)
+        try:
+            calls = sampler.expected_calls(c.model_cfg, batch_size=c.batch_size, seq_len=c.seq_len)
+            pred = costmodel.predict_seconds(c.model_cfg, calls, c.batch_size, peaks, dtype_bytes)
+        except (NotImplementedError, ValueError) as e:
+            pred = math.nan
+            print(f"warning: no estimate for {c.label}: {e}", file=sys.stderr)
+        t = c.timing
+        total = pred * (t.warmup + t.repeats)
+        if t.min_time_s is not None:
+            total = max(total, pred * t.warmup + t.min_time_s)
+        ident = {"cell_id": c.cell_id, "label": c.label, "seq_len": c.seq_len}
+        out.append(
+            {
+                **ident,
+                "batch_size": c.batch_size,
+                "seed": c.seed,
+                "params": c.params,
+                "predicted_s": pred,
+                "total_s": total,
+            }
+        )
+    return out

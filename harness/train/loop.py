@@ -1,0 +1,676 @@
+"""Train the small MDLM, BD3-LM, Eso-LM (B) and AR checkpoints on the offline corpus.
+
+    /work/main/.venv/bin/python -m harness.train configs/train/mdlm.yaml [a=value ...]
+
+The loop follows ``training.md`` §1–§6: AdamW, linear warm-up then cosine (or constant) learning
+rate, gradient-norm clip, an EMA with the warm-up decay d_n = min(0.9999, (1 + n)/(10 + n)) whose
+weights are validated and shipped, periodic validation NELBO/PPL on a fixed subset with a fixed
+seed, and a final validation on the whole held-out split. The output directory (our checkpoint
+format, ``model.checkpoints``) holds ``config.json`` (network config, resolved training config
+and its hash, command, metrics), ``model.safetensors`` (EMA weights) and ``train_log.csv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import math
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dlmcore.configio import ConfigError, from_dict, parse_scalar, to_dict
+from harness.model.network import MODEL_SIZES, DiT, DiTConfig
+from harness.train.objectives import OBJECTIVES, LossTerms, ObjectiveConfig
+from harness.train.tokenizer import REPO_ROOT
+
+# ---------------------------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run; ``configs/train/<name>.yaml`` repeats it field for field.
+
+    Attributes:
+        name: output directory name under ``out_dir``.
+        family: ``mdlm``, ``bd3lm``, ``esolm`` or ``ar``.
+        model_size: a ``harness.model.network.MODEL_SIZES`` name (``cpu-s``, ``cpu-m``, ...).
+        seq_len: L, the row length (BOS included).
+        block_size: BD3-LM L′ (required for ``bd3lm``, ignored otherwise).
+        corpus: corpus file (relative paths are relative to the repository root).
+        tokenizer: tokenizer file.
+        batch_size: b, rows per optimiser step.
+        steps: optimiser steps.
+        lr: peak learning rate.
+        lr_min: final learning rate of the cosine (``lr_schedule: cosine``).
+        lr_schedule: ``cosine`` (warm-up, then cosine to ``lr_min``) or ``constant``.
+        warmup_steps: linear warm-up steps from 0.
+        adam_beta1: AdamW β₁.
+        adam_beta2: AdamW β₂.
+        adam_eps: AdamW ε.
+        weight_decay: AdamW weight decay.
+        grad_clip: maximum gradient norm.
+        ema: EMA decay cap (the warm-up formula binds below it).
+        dropout: residual dropout.
+        sampling_eps: ε_s, lower end of t.
+        antithetic: stratified t.
+        loss_type: ``elbo`` or ``low_var`` (Eso-LM).
+        clip_min: BD3-LM β.
+        clip_max: BD3-LM ω.
+        resample: BD3-LM resampling of out-of-range blocks.
+        init_from: checkpoint directory whose weights start both the model and the EMA.
+        snapshot_step: also save the EMA weights after this step (the MDLM run feeds BD3-LM).
+        snapshot_dir: where that snapshot goes.
+        val_every: steps between validations on the fixed subset (0 = never).
+        val_rows: rows in the fixed validation subset.
+        val_batch_size: rows per validation forward.
+        val_seed: seed of the subset choice and of the validation noise.
+        final_validation: validate on the whole held-out split at the end.
+        log_every: steps between training-loss rows of ``train_log.csv``.
+        seed: seed of the initialisation, the data order and the training noise.
+        threads: torch intra-op threads.
+        save_dtype: dtype of the shipped weights (``float16`` halves the file; the final
+            validation runs on the rounded weights so the metrics describe the file).
+        out_dir: parent directory of the output.
+    """
+
+    name: str
+    family: Literal["mdlm", "bd3lm", "esolm", "ar"]
+    model_size: str = "cpu-s"
+    seq_len: int = 128
+    block_size: int | None = None
+    corpus: str = "data/corpus/corpus.jsonl.xz"
+    tokenizer: str = "checkpoints/tokenizer/tokenizer.json"
+    batch_size: int = 16
+    steps: int = 1500
+    lr: float = 1e-3
+    lr_min: float = 1e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = 100
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.9999
+    dropout: float = 0.0
+    sampling_eps: float = 1e-3
+    antithetic: bool = True
+    loss_type: Literal["elbo", "low_var"] = "elbo"
+    clip_min: float = 1e-3
+    clip_max: float = 1.0
+    resample: bool = False
+    init_from: str | None = None
+    snapshot_step: int | None = None
+    snapshot_dir: str | None = None
+    val_every: int = 250
+    val_rows: int = 128
+    val_batch_size: int = 16
+    val_seed: int = 1234
+    final_validation: bool = True
+    log_every: int = 10
+    seed: int = 0
+    threads: int = 2
+    save_dtype: Literal["float32", "float16"] = "float16"
+    out_dir: str = "checkpoints"
+
+    def problems(self) -> list[str]:
+        """Every value or combination problem, as sentences."""
+        out = []
+        if self.model_size not in MODEL_SIZES.names():
+            out.append(
+                f"'model_size' is {self.model_size!r}; allowed: {', '.join(MODEL_SIZES.names())}."
+            )
+        for name in ("seq_len", "batch_size", "steps", "val_rows", "val_batch_size", "threads"):
+            if getattr(self, name) < 1:
+                out.append(f"'{name}' is {getattr(self, name)}; it must be >= 1.")
+        if self.seq_len < 2:
+            out.append(f"'seq_len' is {self.seq_len}; rows need BOS plus at least one token.")
+        if self.family == "bd3lm":
+            if self.block_size is None or self.block_size < 1 or self.seq_len % self.block_size:
+                out.append(
+                    f"'block_size' is {self.block_size}; bd3lm needs a divisor of "
+                    f"'seq_len' {self.seq_len}."
+                )
+            if not 0 < self.clip_min < self.clip_max <= 1:
+                out.append(
+                    f"'clip_min' {self.clip_min} and 'clip_max' {self.clip_max} must satisfy "
+                    "0 < clip_min < clip_max <= 1."
+                )
+        if self.loss_type == "low_var" and self.family != "esolm":
+            out.append(f"'loss_type' low_var is an Eso-LM setting; family is {self.family!r}.")
+        if not 0 < self.sampling_eps < 1:
+            out.append(f"'sampling_eps' is {self.sampling_eps}; it must lie in (0, 1).")
+        if not 0 <= self.warmup_steps <= self.steps:
+            out.append(f"'warmup_steps' is {self.warmup_steps}; allowed 0 … steps ({self.steps}).")
+        if not 0 < self.lr_min <= self.lr:
+            out.append(f"'lr_min' {self.lr_min} must lie in (0, lr = {self.lr}].")
+        if not 0 < self.ema < 1:
+            out.append(f"'ema' is {self.ema}; it must lie in (0, 1).")
+        if (self.snapshot_step is None) != (self.snapshot_dir is None):
+            out.append("'snapshot_step' and 'snapshot_dir' go together; set both or neither.")
+        if self.snapshot_step is not None and not 1 <= self.snapshot_step <= self.steps:
+            out.append(f"'snapshot_step' is {self.snapshot_step}; allowed 1 … {self.steps}.")
+        return out
+
+    def objective(self) -> ObjectiveConfig:
+        """The objective settings of this run."""
+        return ObjectiveConfig(
+            family=self.family,
+            sampling_eps=self.sampling_eps,
+            antithetic=self.antithetic,
+            loss_type=self.loss_type,
+            block_size=self.block_size,
+            clip_min=self.clip_min,
+            clip_max=self.clip_max,
+            resample=self.resample,
+        )
+
+
+def config_hash(cfg: TrainConfig) -> str:
+    """First 16 hex digits of the SHA-256 of the resolved config (sorted JSON)."""
+    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def _parse_value(text: str) -> Any:
+    """YAML scalar rules, plus ``3e-4``-style floats (YAML 1.1 reads them as strings)."""
+    value = parse_scalar(text)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> TrainConfig:
+    """Read a training YAML (safe loader), apply ``a=value`` overrides, check everything.
+
+    Raises:
+        ConfigError: every problem at once (unknown keys with did-you-mean, types, ranges,
+            malformed overrides).
+    """
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"config file {str(p)!r} not found."], "Cannot load training config")
+    data = yaml.safe_load(p.read_text()) or {}
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"override {item!r} is not of the form key=value.")
+            continue
+        k, v = item.split("=", 1)
+        _set_dotted(data, k.strip(), _parse_value(v))
+    if problems:
+        raise ConfigError(problems, "Invalid overrides")
+    return from_dict(TrainConfig, data)
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve(path: str) -> Path:
+    """A config path: absolute as is, relative to the repository root otherwise."""
+    p = Path(path)
+    return p if p.is_absolute() else REPO_ROOT / p
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimiser step ``step`` (0-based): linear warm-up, then cosine/constant."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+class EMA:
+    """Exponential moving average of the parameters with the warm-up decay (``training.md`` §1.8).
+
+    After update n (1-based): shadow ← shadow − (1 − d_n)(shadow − θ),
+    d_n = min(decay, (1 + n)/(10 + n)).
+
+    Args:
+        params: the parameters to track (their current values start the shadow).
+        decay: the cap, 0.9999.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float = 0.9999) -> None:
+        self.decay = decay
+        self.num_updates = 0
+        self.shadow = [p.detach().clone() for p in params]
+        self._stored: list[Tensor] | None = None
+
+    def decay_at(self, n: int) -> float:
+        """d_n for update number n (1-based)."""
+        return min(self.decay, (1 + n) / (10 + n))
+
+    @torch.no_grad()
+    def update(self, params: list[torch.nn.Parameter]) -> None:
+        """One EMA step after an optimiser step."""
+        self.num_updates += 1
+        one_minus_d = 1.0 - self.decay_at(self.num_updates)
+        for s, p in zip(self.shadow, params, strict=True):
+            s.sub_(one_minus_d * (s - p.detach()))
+
+    @torch.no_grad()
+    def store(self, params: list[torch.nn.Parameter]) -> None:
+        """Keep a copy of the raw parameters (before :meth:`copy_to`)."""
+        self._stored = [p.detach().clone() for p in params]
+
+    @torch.no_grad()
+    def copy_to(self, params: list[torch.nn.Parameter]) -> None:
+        """Write the EMA weights into the parameters."""
+        for s, p in zip(self.shadow, params, strict=True):
+            p.copy_(s)
+
+    @torch.no_grad()
+    def restore(self, params: list[torch.nn.Parameter]) -> None:
+        """Put back the raw parameters saved by :meth:`store`.
+
+        Raises:
+            RuntimeError: nothing was stored.
+        """
+        if self._stored is None:
+            raise RuntimeError("EMA.restore() without a preceding store().")
+        for s, p in zip(self._stored, params, strict=True):
+            p.copy_(s)
+        self._stored = None
+
+
+@dataclass
+class ValResult:
+    """Validation NELBO (diffusion: an upper bound) or exact NLL (AR), nats per token."""
+
+    nll: float
+    ppl: float
+    bpd: float
+    nll_se: float
+    tokens: int
+    rows: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        """Plain dict (for JSON)."""
+        return asdict(self)
+
+
+@torch.no_grad()
+def evaluate(
+    model: DiT, rows: Tensor, cfg: TrainConfig, seed: int, batch_size: int | None = None
+) -> ValResult:
+    """Validation NELBO/PPL over ``rows`` with a dedicated seeded generator (§1.7).
+
+    Sums Σ valid·ℓ and the token counts in float64 over batches; ``nll_se`` is the standard
+    error of the per-batch per-token values. The model should hold the EMA weights.
+
+    Args:
+        model: the DiT (switched to eval for the call, back afterwards).
+        rows: (n, L) validation rows.
+        cfg: the run config (objective settings).
+        seed: seed of t, masks and π.
+        batch_size: rows per forward; default ``cfg.val_batch_size``.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    objective, ocfg = OBJECTIVES[cfg.family], cfg.objective()
+    bs = batch_size or cfg.val_batch_size
+    total, count, per_batch = 0.0, 0, []
+    for i in range(0, len(rows), bs):
+        terms: LossTerms = objective(model, rows[i : i + bs], gen, ocfg, False)
+        total += float(terms.total.double())
+        count += terms.count
+        per_batch.append(float(terms.total) / terms.count)
+    model.train(was_training)
+    nll = total / count
+    se = float(np.std(per_batch, ddof=1) / math.sqrt(len(per_batch))) if len(per_batch) > 1 else 0.0
+    return ValResult(nll, math.exp(nll), nll / math.log(2), se, count, len(rows))
+
+
+def build_model(cfg: TrainConfig, tok_vocab: int, bos: int, eos: int, mask: int) -> DiT:
+    """A fresh DiT for ``cfg`` (reference init: zero head and AdaLN), or ``init_from`` weights.
+
+    Raises:
+        FileNotFoundError: ``init_from`` does not exist.
+    """
+    torch.manual_seed(cfg.seed)
+    net_cfg = DiTConfig.from_size(
+        cfg.model_size,
+        family=cfg.family,
+        vocab_size=tok_vocab + 1,
+        model_length=cfg.seq_len,
+        mask_index=mask,
+        bos_index=bos,
+        eos_index=eos,
+        block_size=cfg.block_size if cfg.family == "bd3lm" else None,
+        dropout=cfg.dropout,
+        tokenizer=cfg.tokenizer,
+    )
+    model = DiT(net_cfg)
+    if cfg.init_from is not None:
+        from harness.model.checkpoints import check_state_dict, load_dlmbench_checkpoint
+
+        src = resolve(cfg.init_from)
+        if not src.is_dir():
+            raise FileNotFoundError(
+                f"'init_from' {str(src)!r} does not exist; run the training that writes it first "
+                "(for BD3-LM: the MDLM run, which saves its EMA snapshot there)."
+            )
+        state = load_dlmbench_checkpoint(src).model.state_dict()
+        check_state_dict(model, state, str(src))
+        model.load_state_dict(state)
+    return model
+
+
+def round_weights(model: DiT, dtype: str) -> None:
+    """Round the parameters through ``dtype`` in place (what the shipped file will hold)."""
+    if dtype == "float32":
+        return
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.to(getattr(torch, dtype)).float())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunData:
+    """Training and validation rows, both (n, L) int64."""
+
+    train: np.ndarray
+    val: np.ndarray
+    tokenizer_vocab: int
+    bos: int
+    eos: int
+    mask: int
+
+
+def load_data(cfg: TrainConfig) -> RunData:
+    """Tokenised rows of both splits (cached token streams, ``harness.train.corpus``)."""
+    from harness.train.corpus import make_rows, token_stream
+    from harness.train.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_file(resolve(cfg.tokenizer))
+    corpus = resolve(cfg.corpus)
+    train = make_rows(token_stream("train", tok, corpus), cfg.seq_len, tok.bos_id)
+    val = make_rows(token_stream("validation", tok, corpus), cfg.seq_len, tok.bos_id)
+    return RunData(train, val, tok.vocab_size, tok.bos_id, tok.eos_id, tok.mask_id)
+
+
+def fixed_val_subset(val: np.ndarray, n: int, seed: int) -> Tensor:
+    """``n`` validation rows chosen once by ``seed`` (sorted indices), (n, L)."""
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.choice(len(val), size=min(n, len(val)), replace=False))
+    return torch.from_numpy(val[idx])
+
+
+class LogWriter:
+    """Appends rows to ``train_log.csv`` (flushed per row so a running job can be followed)."""
+
+    COLUMNS = (
+        "step",
+        "lr",
+        "train_loss",
+        "grad_norm",
+        "val_nll",
+        "val_ppl",
+        "val_nll_se",
+        "elapsed_s",
+    )
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._f = path.open("w", newline="")
+        self._w = csv.DictWriter(self._f, fieldnames=self.COLUMNS)
+        self._w.writeheader()
+
+    def row(self, **values: Any) -> None:
+        """Write one row; missing columns stay empty."""
+        self._w.writerow({k: values.get(k, "") for k in self.COLUMNS})
+        self._f.flush()
+
+    def close(self) -> None:
+        """Close the file."""
+        self._f.close()
+
+
+@dataclass
+class TrainState:
+    """Everything one run mutates: model, optimiser, EMA, generator, data and log."""
+
+    cfg: TrainConfig
+    data: RunData
+    model: DiT
+    params: list[torch.nn.Parameter]
+    ema: EMA
+    opt: torch.optim.Optimizer
+    gen: torch.Generator
+    batches: Iterator[np.ndarray]
+    val_subset: Tensor
+    log: LogWriter
+    t_start: float
+
+    def elapsed(self) -> float:
+        """Seconds since :func:`setup` began."""
+        return time.perf_counter() - self.t_start
+
+
+def setup(cfg: TrainConfig, log_path: Path) -> TrainState:
+    """Load data, build (or load) the model, its EMA, AdamW, the generator and the log."""
+    from harness.train.corpus import iterate_batches
+
+    torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    data = load_data(cfg)
+    model = build_model(cfg, data.tokenizer_vocab, data.bos, data.eos, data.mask).train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        params,
+        lr=cfg.lr,
+        betas=(cfg.adam_beta1, cfg.adam_beta2),
+        eps=cfg.adam_eps,
+        weight_decay=cfg.weight_decay,
+    )
+    return TrainState(
+        cfg=cfg,
+        data=data,
+        model=model,
+        params=params,
+        ema=EMA(params, cfg.ema),
+        opt=opt,
+        gen=torch.Generator().manual_seed(cfg.seed),
+        batches=iterate_batches(data.train, cfg.batch_size, cfg.seed),
+        val_subset=fixed_val_subset(data.val, cfg.val_rows, cfg.val_seed),
+        log=LogWriter(log_path),
+        t_start=t_start,
+    )
+
+
+def train_step(st: TrainState, step: int) -> tuple[float, float]:
+    """One optimiser step (§2 step 4): loss, backward, clip, AdamW, EMA. Returns (loss, ‖g‖)."""
+    for group in st.opt.param_groups:
+        group["lr"] = lr_at(step, st.cfg)
+    x = torch.from_numpy(next(st.batches))  # (b, L)
+    loss = OBJECTIVES[st.cfg.family](st.model, x, st.gen, st.cfg.objective(), True).loss
+    st.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = float(torch.nn.utils.clip_grad_norm_(st.params, st.cfg.grad_clip))
+    st.opt.step()
+    st.ema.update(st.params)
+    return float(loss.detach()), gnorm
+
+
+def validate_subset(st: TrainState, done: int) -> ValResult:
+    """Validation on the fixed subset with the EMA weights swapped in; logged."""
+    res = _with_ema(
+        st.model,
+        st.params,
+        st.ema,
+        lambda: evaluate(st.model, st.val_subset, st.cfg, st.cfg.val_seed),
+    )
+    st.log.row(
+        step=done, val_nll=res.nll, val_ppl=res.ppl, val_nll_se=res.nll_se, elapsed_s=st.elapsed()
+    )
+    return res
+
+
+def save_snapshot(st: TrainState, done: int) -> None:
+    """Save the EMA weights (fp32) to ``snapshot_dir`` (the MDLM run's BD3-LM initialisation)."""
+    from harness.model.checkpoints import save_checkpoint
+
+    target = resolve(str(st.cfg.snapshot_dir))
+    extra = {"snapshot_of": st.cfg.name, "step": done, "config_hash": config_hash(st.cfg)}
+    _with_ema(st.model, st.params, st.ema, lambda: save_checkpoint(st.model, target, extra=extra))
+
+
+def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
+    """Run one training job and write the checkpoint; returns the metrics section.
+
+    Args:
+        cfg: the resolved training config.
+        command: the command line, recorded in the checkpoint.
+    """
+    from tqdm import tqdm
+
+    out = resolve(cfg.out_dir) / cfg.name
+    tmp_log = out.parent / f".{cfg.name}.train_log.csv"
+    st = setup(cfg, tmp_log)
+    running, n_run, last_val = 0.0, 0, None
+    bar = tqdm(range(cfg.steps), desc=cfg.name, mininterval=1.0 if sys.stderr.isatty() else 30.0)
+    for step in bar:
+        loss, gnorm = train_step(st, step)
+        running, n_run, done = running + loss, n_run + 1, step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            lr = st.opt.param_groups[0]["lr"]
+            st.log.row(step=done, lr=lr, train_loss=running / n_run, grad_norm=gnorm,
+                       elapsed_s=st.elapsed())  # fmt: skip
+            bar.set_postfix(loss=f"{running / n_run:.3f}", val=last_val)
+            running, n_run = 0.0, 0
+        if cfg.val_every and (done % cfg.val_every == 0 or done == cfg.steps):
+            last_val = f"{validate_subset(st, done).nll:.3f}"
+        if cfg.snapshot_step == done:
+            save_snapshot(st, done)
+    bar.close()
+    metrics = finish(st, out, command, train_s=st.elapsed())
+    tmp_log.rename(out / "train_log.csv")
+    return metrics
+
+
+def finish(st: TrainState, out: Path, command: str, train_s: float) -> dict[str, Any]:
+    """Ship the EMA weights: round to ``save_dtype``, final validation, save; return metrics."""
+    from harness.model.checkpoints import save_checkpoint
+
+    cfg = st.cfg
+    st.ema.copy_to(st.params)  # from here on the model holds the shipped (EMA) weights
+    round_weights(st.model, cfg.save_dtype)
+    final = None
+    if cfg.final_validation:
+        final = evaluate(st.model, torch.from_numpy(st.data.val), cfg, cfg.val_seed)
+        st.log.row(step=cfg.steps, val_nll=final.nll, val_ppl=final.ppl,
+                   val_nll_se=final.nll_se, elapsed_s=st.elapsed())  # fmt: skip
+    st.log.close()
+    metrics = {
+        "final_validation": final.as_dict() if final else None,
+        "val_nll": final.nll if final else None,
+        "val_ppl": final.ppl if final else None,
+        "val_bpd": final.bpd if final else None,
+        "val_scope": "whole held-out split, positions 1..L-1, EMA weights as shipped",
+        "steps": cfg.steps,
+        "train_wall_s": train_s,
+        "wall_s": st.elapsed(),
+        "parameters": st.model.num_parameters(),
+    }
+    extra = {
+        "training": {"config": to_dict(cfg), "config_hash": config_hash(cfg), "command": command},
+        "metrics": metrics,
+        "tokenizer": cfg.tokenizer,
+    }
+    save_checkpoint(st.model, out, extra=extra, dtype=getattr(torch, cfg.save_dtype))
+    return metrics
+
+
+def _with_ema(model: DiT, params: list[torch.nn.Parameter], ema: EMA, fn: Any) -> Any:
+    """Run ``fn`` with the EMA weights swapped in (store, copy, run, restore)."""
+    ema.store(params)
+    ema.copy_to(params)
+    try:
+        return fn()
+    finally:
+        ema.restore(params)
+        model.train()
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``train CONFIG [a=value ...]`` on a ``dlmbench`` sub-command parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a small checkpoint (MDLM, BD3-LM, Eso-LM, AR) on the offline corpus",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("config", help="training YAML, e.g. configs/train/mdlm.yaml")
+    p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. steps=200")
+    p.set_defaults(fn=_cmd_train)
+    return p
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as e:
+        print(e, file=sys.stderr)
+        return 2
+    command = " ".join(
+        shlex.quote(a) for a in ["python", "-m", "harness.train", args.config, *args.overrides]
+    )
+    metrics = train(cfg, command)
+    print(json.dumps({k: metrics[k] for k in ("val_nll", "val_ppl", "steps", "wall_s")}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.train CONFIG [a=value ...]``."""
+    parser = argparse.ArgumentParser(prog="python -m harness.train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_parser(sub)
+    return int(_cmd_train(parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
