@@ -35,6 +35,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
+from dlmcore.errors import UserError
 from dlmcore.registry import did_you_mean
 
 __all__ = [
@@ -97,7 +98,7 @@ _ARXIV_VERSION = re.compile(r"^(v\d+|unverified)$")
 _PRINTED_TIME = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(?:±\s*([0-9]+(?:\.[0-9]+)?))?\s*$")
 
 
-class BaselineDataError(ValueError):
+class BaselineDataError(UserError, ValueError):
     """One or more problems in the baselines data files; ``problems`` holds each as a sentence."""
 
     def __init__(self, problems: list[str], header: str = "Invalid baselines data") -> None:

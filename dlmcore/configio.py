@@ -12,12 +12,13 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
+from dlmcore.errors import UserError
 from dlmcore.registry import did_you_mean
 
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """One or more configuration problems; ``problems`` holds each as a sentence."""
 
     def __init__(self, problems: list[str], header: str = "Invalid configuration") -> None:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from dlmcore.configio import ConfigError
+from dlmcore.errors import UserError
 from dlmcore.registry import Registry
 
 CallRecord = tuple[int, int, int, int]
@@ -105,7 +106,7 @@ SAMPLERS: Registry[type] = Registry("sampler")
 """Sampler classes by name; filled by the explicit imports in ``samplers/__init__.py``."""
 
 
-class SamplerError(ValueError):
+class SamplerError(UserError, ValueError):
     """A sampler cannot run with this model, size or config (message says what to change)."""
 
 

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dlmcore.errors import UserError
 from dlmcore.registry import RegistryError, did_you_mean
 from harness.model.network import FAMILIES, MODEL_SIZES, DiT, DiTConfig, deterministic_init
 
@@ -86,7 +87,7 @@ _HF_READ = {
 }  # fmt: skip
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint cannot be loaded; the message names the file, key, expected and found."""
 
 

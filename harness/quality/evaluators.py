@@ -21,10 +21,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dlmcore.errors import UserError
 from samplers.base import subs_log_probs
 
 
-class EvaluatorError(ValueError):
+class EvaluatorError(UserError, ValueError):
     """An evaluator spec cannot be resolved or loaded."""
 
 

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from dlmcore.errors import UserError
 from dlmcore.registry import did_you_mean
 from harness.quality.metrics import HIGHER_IS_BETTER as QUALITY_HIGHER_IS_BETTER
 
@@ -68,7 +69,7 @@ HIGHER_IS_BETTER: dict[str, bool] = {
 }
 
 
-class FrontierError(ValueError):
+class FrontierError(UserError, ValueError):
     """Bad input to a frontier function (missing columns, unknown metric direction, ...)."""
 
 

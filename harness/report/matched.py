@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from dlmcore.errors import UserError
 from harness.report.frontier import (
     FrontierError,
     higher_is_better,
@@ -33,7 +34,7 @@ DEFAULT_TIME = "s_per_sample"
 DEFAULT_QUALITY = "gen_ppl"
 
 
-class MatchedReportError(ValueError):
+class MatchedReportError(UserError, ValueError):
     """The run cannot give a matched-quality report (no quality columns, one method, ...)."""
 
 

@@ -40,6 +40,7 @@ import seaborn as sns
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from dlmcore.errors import UserError
 from harness.report.frontier import higher_is_better, pareto_front, require_columns, usable_rows
 
 __all__ = [
@@ -61,7 +62,7 @@ __all__ = [
 ]
 
 
-class PlotError(ValueError):
+class PlotError(UserError, ValueError):
     """Bad input to a figure: missing columns, ambiguous selections, nothing to draw."""
 
 
