@@ -12,19 +12,10 @@ import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
 
-from dlmcore.errors import UserError
+from dlmcore.errors import ConfigError, short_repr
 from dlmcore.registry import did_you_mean
 
 T = TypeVar("T")
-
-
-class ConfigError(UserError, ValueError):
-    """One or more configuration problems; ``problems`` holds each as a sentence."""
-
-    def __init__(self, problems: list[str], header: str = "Invalid configuration") -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"{header} ({len(self.problems)} problem(s)):\n{lines}")
 
 
 def _type_name(tp: Any) -> str:
@@ -44,82 +35,124 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+"""Every integer a config accepts fits in int64, so that whatever validates can be stored."""
+
+MAX_KEY_CHARS = 60
+"""The longest user key that a message's ``'a.b.key'`` path quotes in full."""
+
+
+def key_text(key: Any, limit: int = MAX_KEY_CHARS) -> str:
+    """A user's key or name as a message quotes it: verbatim up to ``limit`` characters.
+
+    Longer ones, and non-strings, go through :func:`~dlmcore.errors.short_repr`.
+    """
+    if isinstance(key, str) and len(key) <= limit:
+        return key
+    return short_repr(key, limit)
+
+
 def coerce(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
     """Check ``value`` against annotation ``tp``; return it (lists become tuples for tuples).
 
-    Appends a sentence to ``problems`` on mismatch and returns the value unchanged.
+    Integers must fit in int64, and a float is never taken for an integer (``1.0e+30`` is not a
+    length). Appends a sentence to ``problems`` on mismatch and returns the value unchanged;
+    messages quote the value through :func:`~dlmcore.errors.short_repr`.
     """
     origin = get_origin(tp)
     if tp is Any:
         return value
     if origin is Literal:
-        if value not in get_args(tp):
-            allowed = ", ".join(repr(a) for a in get_args(tp))
-            hint = did_you_mean(str(value), [str(a) for a in get_args(tp)])
-            problems.append(f"'{where}' is {value!r}; allowed: {allowed}.{hint}")
-        return value
+        return _coerce_literal(value, tp, where, problems)
     if origin in (Union, types.UnionType):
-        for arg in get_args(tp):
-            trial: list[str] = []
-            out = coerce(value, arg, where, trial)
-            if not trial:
-                return out
-        problems.append(
-            f"'{where}' is {value!r} ({type(value).__name__}); expected {_type_name(tp)}."
-        )
-        return value
-    if tp is type(None):
-        if value is not None:
-            problems.append(f"'{where}' must be null, got {value!r}.")
-        return value
+        return _coerce_union(value, tp, where, problems)
     if origin in (list, tuple):
-        if not isinstance(value, list | tuple):
-            problems.append(f"'{where}' is {value!r}; expected {_type_name(tp)}.")
-            return value
-        args = [a for a in get_args(tp) if a is not Ellipsis]
-        inner = args[0] if args else Any
-        out = [coerce(v, inner, f"{where}[{i}]", problems) for i, v in enumerate(value)]
-        return tuple(out) if origin is tuple else out
+        return _coerce_list(value, tp, where, problems)
     if origin is dict:
-        if not isinstance(value, dict):
-            problems.append(f"'{where}' is {value!r}; expected a mapping.")
-            return value
-        args = get_args(tp)
-        if len(args) != 2:
-            return value
-        out_map = {}
-        for k, v in value.items():
-            coerce(k, args[0], f"{where} key {k!r}", problems)
-            out_map[k] = coerce(v, args[1], f"{where}.{k}", problems)
-        return out_map
+        return _coerce_dict(value, tp, where, problems)
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            problems.append(f"'{where}' is {value!r}; expected a mapping of {tp.__name__} fields.")
+            problems.append(
+                f"'{where}' is {short_repr(value)}; expected a mapping of {tp.__name__} fields."
+            )
             return value
         obj, sub = _build(tp, value, where)
         problems.extend(sub)
         return obj
-    if tp is float:
+    return _coerce_scalar(value, tp, where, problems)
+
+
+def _coerce_literal(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    if value not in get_args(tp):
+        allowed = ", ".join(repr(a) for a in get_args(tp))
+        hint = did_you_mean(value, [str(a) for a in get_args(tp)]) if isinstance(value, str) else ""
+        problems.append(f"'{where}' is {short_repr(value)}; allowed: {allowed}.{hint}")
+    return value
+
+
+def _coerce_union(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    for arg in get_args(tp):
+        trial: list[str] = []
+        out = coerce(value, arg, where, trial)
+        if not trial:
+            return out
+    if isinstance(value, int) and not isinstance(value, bool) and int in get_args(tp):
+        coerce(value, int, where, problems)  # the range message says more than the union's
+        return value
+    problems.append(
+        f"'{where}' is {short_repr(value)} ({type(value).__name__}); expected {_type_name(tp)}."
+    )
+    return value
+
+
+def _coerce_list(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(value, list | tuple):
+        problems.append(f"'{where}' is {short_repr(value)}; expected {_type_name(tp)}.")
+        return value
+    args = [a for a in get_args(tp) if a is not Ellipsis]
+    inner = args[0] if args else Any
+    out = [coerce(v, inner, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    return tuple(out) if get_origin(tp) is tuple else out
+
+
+def _coerce_dict(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    if not isinstance(value, dict):
+        problems.append(f"'{where}' is {short_repr(value)}; expected a mapping.")
+        return value
+    args = get_args(tp)
+    if len(args) != 2:
+        return value
+    out_map = {}
+    for k, v in value.items():
+        coerce(k, args[0], f"{where} key {short_repr(k, MAX_KEY_CHARS)}", problems)
+        out_map[k] = coerce(v, args[1], f"{where}.{key_text(k)}", problems)
+    return out_map
+
+
+def _coerce_scalar(value: Any, tp: Any, where: str, problems: list[str]) -> Any:
+    got = f"'{where}' is {short_repr(value)} ({type(value).__name__})"
+    if tp is type(None):
+        if value is not None:
+            problems.append(f"'{where}' must be null, got {short_repr(value)}.")
+    elif tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"'{where}' is {value!r} ({type(value).__name__}); expected a number.")
+            problems.append(f"{got}; expected a number.")
             return value
         return float(value)
-    if tp is int:
+    elif tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
+            problems.append(f"{got}; expected an integer (write it without a decimal point).")
+        elif not INT64_MIN <= value <= INT64_MAX:
             problems.append(
-                f"'{where}' is {value!r} ({type(value).__name__}); expected an integer."
+                f"'{where}' is {short_repr(value)}; integers must fit in int64 "
+                f"({INT64_MIN} … {INT64_MAX}) to be stored. Use a smaller value."
             )
-        return value
-    if tp is bool:
+    elif tp is bool:
         if not isinstance(value, bool):
-            problems.append(f"'{where}' is {value!r}; expected true or false.")
-        return value
-    if tp is str:
+            problems.append(f"'{where}' is {short_repr(value)}; expected true or false.")
+    elif tp is str:
         if not isinstance(value, str):
-            problems.append(f"'{where}' is {value!r} ({type(value).__name__}); expected a string.")
-        return value
+            problems.append(f"{got}; expected a string.")
     return value
 
 
@@ -129,10 +162,9 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> tuple[T | None, l
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key in data:
         if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            problems.append(
-                f"unknown key '{where}'.{did_you_mean(key, names)} Allowed: {', '.join(names)}."
-            )
+            where = f"{prefix}.{key_text(key)}" if prefix else key_text(key)
+            hint = did_you_mean(key, names) if isinstance(key, str) else ""
+            problems.append(f"unknown key '{where}'.{hint} Allowed: {', '.join(names)}.")
     n_unknown = len(problems)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -164,7 +196,7 @@ def collect(
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        return None, [f"'{prefix or cls.__name__}' must be a mapping, got {data!r}."]
+        return None, [f"'{prefix or cls.__name__}' must be a mapping, got {short_repr(data)}."]
     return _build(cls, data, prefix)
 
 
@@ -197,10 +229,14 @@ def to_dict(obj: Any) -> dict[str, Any]:
 
 
 def parse_scalar(text: str) -> Any:
-    """Parse a CLI override value (``a.b=value``) with YAML scalar rules (safe loader)."""
-    import yaml
+    """Parse a CLI override value (``a.b=value``) with YAML scalar rules (bounded safe loader).
 
-    return yaml.safe_load(text)
+    Raises:
+        ConfigError: the text is not valid YAML or exceeds :mod:`dlmcore.yamlio`'s bounds.
+    """
+    from dlmcore.yamlio import load_yaml_text
+
+    return load_yaml_text(text, "override value")
 
 
 def field_table(cls: type) -> list[tuple[str, str, Any]]:
@@ -226,6 +262,7 @@ __all__ = [
     "collect",
     "field_table",
     "from_dict",
+    "key_text",
     "parse_scalar",
     "to_dict",
     "typing",

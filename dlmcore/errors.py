@@ -30,3 +30,12 @@ def short_repr(value: object, limit: int = MAX_VALUE_CHARS) -> str:
     if len(text) <= limit:
         return text
     return f"{text[: limit - 1]}… ({len(text)} chars)"
+
+
+class ConfigError(UserError, ValueError):
+    """One or more configuration problems; ``problems`` holds each as a sentence."""
+
+    def __init__(self, problems: list[str], header: str = "Invalid configuration") -> None:
+        self.problems = list(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(f"{header} ({len(self.problems)} problem(s)):\n{lines}")

@@ -17,10 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from harness.model.network import DiT, DiTConfig
-
 EPILOG = """\
 quick start (or: python -m harness ...):
   dlmbench ls samplers
@@ -56,9 +52,13 @@ def _import_plugins() -> None:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run (or resume) an experiment, or print its cost-model estimate with ``--dry-run``."""
+    from dlmcore.errors import ConfigError
     from harness import results
     from harness.run import runner, sweep
+    from harness.run.experiment import check_run_id
 
+    if args.run_id is not None and (problems := check_run_id(args.run_id)):
+        raise ConfigError(problems, "Invalid --run-id; nothing was run or written")
     if getattr(args, "executor", None):
         args.overrides = [*args.overrides, f"executor.kind={args.executor}"]
     peaks = _hardware_peaks(args)
@@ -131,9 +131,13 @@ def print_estimate(rows: list[dict[str, Any]]) -> int:
     vary = [k for k in keys if len({repr(r["params"].get(k)) for r in rows}) > 1]
     for r in rows:
         params = " ".join(f"{k}={r['params'].get(k)}" for k in vary)
+        mem = f"{_fmt(r.get('peak_mem_gb_est'))} GB" + (
+            " (too big)" if r.get("fits") is False else ""
+        )
         print(
             f"{r['label']:<18} L={r['seq_len']:<6} b={r['batch_size']:<5} seed={r['seed']:<3} "
-            f"{_fmt(r['predicted_s']):>10} s/run {_fmt(r['total_s']):>10} s/cell  {params}"
+            f"{_fmt(r['predicted_s']):>10} s/run {_fmt(r['total_s']):>10} s/cell "
+            f"{mem:>16}  {params}"
         )
     total = sum(r["total_s"] for r in rows if not math.isnan(r["total_s"]))
     unknown = sum(math.isnan(r["total_s"]) for r in rows)
@@ -142,6 +146,12 @@ def print_estimate(rows: list[dict[str, Any]]) -> int:
         f"{len(rows)} cells; predicted timed work about {_fmt(total)} s{note} "
         "(model loading excluded)."
     )
+    too_big = sum(r.get("fits") is False for r in rows)
+    if too_big:
+        print(
+            f"{too_big} cells' estimated peak memory exceeds what this machine has available; "
+            "`run` records them as skipped (lower their batch sizes to measure them)."
+        )
     return 0
 
 
@@ -253,14 +263,13 @@ def ls_schedules() -> list[str]:
 
 
 def ls_sizes() -> list[str]:
-    """Named model sizes with their dimensions and parameter counts (built on the meta device)."""
-    from harness.model.network import MODEL_SIZES
+    """Named model sizes with their dimensions and parameter counts (counted, not built)."""
+    from harness.model.config import MODEL_SIZES, DiTConfig
 
     out = [f"{'size':<8} {'d':>5} {'N':>3} {'H':>3} {'c_dim':>5} {'params (V=50258)':>17}"]
     for name in MODEL_SIZES.names():
         dims = MODEL_SIZES.get(name)
-        with torch.device("meta"):
-            n = DiT(DiTConfig.from_size(name, vocab_size=50258)).num_parameters()
+        n = DiTConfig.from_size(name, vocab_size=50258).num_parameters()
         out.append(
             f"{name:<8} {dims['hidden_size']:>5} {dims['n_blocks']:>3} {dims['n_heads']:>3} "
             f"{dims['cond_dim']:>5} {n / 1e6:>16.1f}M"
@@ -271,7 +280,7 @@ def ls_sizes() -> list[str]:
 def ls_checkpoints() -> list[str]:
     """The checkpoint spec forms and fields, and dlmbench checkpoints found under checkpoints/."""
     from harness.model import modelspec
-    from harness.model.network import MODEL_SIZES
+    from harness.model.config import MODEL_SIZES
     from harness.run.experiment import CheckpointSpec
 
     out = ["checkpoint entry (YAML: name: PATH, or name: {path: ..., vocab_size: ...}):"]
@@ -446,31 +455,52 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 """``add_parser(subparsers)`` functions; append one to add a command."""
 
 
-def _register_module_commands() -> None:
-    """Commands that live beside the code they drive (imported lazily to keep start-up fast)."""
-    from harness import demo
-    from harness.model import checkpoints
-    from harness.quality import stage as quality_stage
-    from harness.report import claims, plots
-    from harness.train import loop as train
+MODULE_COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": (
+        "harness.demo",
+        "speed-quality frontier of the shipped checkpoints (run, score, plot)",
+    ),
+    "train": (
+        "harness.train.loop",
+        "train a small checkpoint (MDLM, BD3-LM, Eso-LM, AR) on the offline corpus",
+    ),
+    "convert-ckpt": (
+        "harness.model.checkpoints",
+        "convert a (trusted) Lightning .ckpt once to config.json + model.safetensors",
+    ),
+    "quality": (
+        "harness.quality.stage",
+        "score a run's saved samples (Gen PPL, entropy, MAUVE) with an evaluator",
+    ),
+    "plot": (
+        "harness.report.plots",
+        "draw the frontier, quality-vs-NFE, speed-up and memory figures of result folders",
+    ),
+    "report": (
+        "harness.report.claims",
+        "reports over a run: claims (published ratios) or matched (speed-ups at matched quality)",
+    ),
+}
+"""Commands that live beside the code they drive: name → (module with ``add_parser``, help).
 
-    SUBCOMMANDS.extend(
-        [
-            demo.add_parser,
-            train.add_parser,
-            checkpoints.add_parser,
-            quality_stage.add_parser,
-            plots.add_parser,
-            claims.add_parser,
-        ]
-    )
+The module is imported only when its command runs (or its own ``--help`` is asked for), so
+``dlmbench --help`` stays cheap; the help line here must equal the module parser's (tested).
+"""
 
 
-_register_module_commands()
+def _chosen_command(argv: list[str]) -> str | None:
+    """The first positional argument (the command), or None."""
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with every command of :data:`SUBCOMMANDS`."""
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The top-level parser: every command of :data:`SUBCOMMANDS` and :data:`MODULE_COMMANDS`.
+
+    Module commands other than the one chosen in ``argv`` get a stub parser (their help line
+    only); ``argv=None`` builds every parser in full.
+    """
+    import importlib
+
     parser = argparse.ArgumentParser(
         prog="dlmbench",
         description="Benchmark diffusion-language-model samplers: speed, NFE, memory, energy.",
@@ -480,6 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for add in SUBCOMMANDS:
         add(sub)
+    chosen = None if argv is None else _chosen_command(argv)
+    for name, (module, help_line) in MODULE_COMMANDS.items():
+        if argv is None or name == chosen:
+            importlib.import_module(module).add_parser(sub)
+        else:
+            sub.add_parser(name, help=help_line)
     return parser
 
 
@@ -487,15 +523,73 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``dlmbench`` console script; returns the exit code.
 
     ``a.b=value`` overrides may also follow options (``run CONFIG --executor slurm a.b=1``).
+    A user mistake (:class:`dlmcore.errors.UserError`, a file that cannot be read or written,
+    a file that is not UTF-8) is one message on stderr and exit code 2, never a traceback.
     """
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args, extra = parser.parse_known_args(argv)
     if extra:
         if hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
             args.overrides = [*args.overrides, *extra]
         else:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    return int(args.fn(args))
+    code = run_command(args)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        code = _closed_pipe()
+    return code
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Call the chosen command; turn user mistakes into one message and exit code 2."""
+    from dlmcore.errors import UserError
+
+    try:
+        return int(args.fn(args))
+    except UserError as e:
+        return _user_error(str(e))
+    except UnicodeDecodeError as e:
+        return _user_error(f"a file given to '{args.command}' is not UTF-8 text ({e.reason}).")
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        return _user_error(_os_message(e))
+    except BrokenPipeError:
+        return _closed_pipe()
+    except KeyboardInterrupt:
+        print("interrupted; finished cells are kept, re-run to resume.", file=sys.stderr)
+        return 130
+
+
+def _os_message(e: OSError) -> str:
+    """What went wrong with which path, and what to do."""
+    what = {
+        FileNotFoundError: "not found",
+        PermissionError: "permission denied",
+        IsADirectoryError: "is a folder, a file was expected",
+        NotADirectoryError: "is not a folder (or a part of its path is a file)",
+    }.get(type(e), e.strerror or "cannot be used")
+    if e.filename is None:  # raised with a message of its own, which names the path
+        return str(e.args[0] if len(e.args) == 1 else e)
+    return f"'{e.filename}': {what}. Check the path and its permissions, then run it again."
+
+
+def _user_error(message: str) -> int:
+    """Print ``message`` (already telling what, where and what to do) and return 2."""
+    try:
+        print(f"error: {message}", file=sys.stderr)
+    except BrokenPipeError:
+        pass
+    return 2
+
+
+def _closed_pipe() -> int:
+    """``dlmbench show RUN | head``: the reader went away; stop quietly, like other tools."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0  # the reader chose to stop reading; that is not an error of the command
 
 
 if __name__ == "__main__":

@@ -4,6 +4,11 @@ Runs ``configs/demo.yaml`` (MDLM over T, BD3-LM over T′, Eso-LM over α0_eval 
 small trained checkpoints, timed in full mode), scores the saved samples with the shipped
 evaluator (``checkpoints/evaluator-ar``) in a separate stage, draws the frontier and the Gen PPL
 vs NFE figures, and prints a table. Re-running resumes: finished cells and scores are reused.
+
+The demo never waits on the cost model's calibration: it runs with ``$DLMBENCH_PREDICT=cached``
+(:func:`harness.measure.costmodel.prediction_policy`), so ``predicted_s`` is filled only from a
+calibration this machine has already cached and is otherwise left empty, which the output says.
+``dlmbench demo --predict auto`` calibrates (once per machine; minutes on a busy one).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -57,22 +63,37 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
     return ok[have].rename(columns=cols).reset_index(drop=True)
 
 
+DEFAULT_PREDICT = "cached"
+"""The demo's prediction policy: never calibrate, predict only from a cached calibration."""
+
+
 def run_demo(
     config: str = DEFAULT_CONFIG,
     evaluator: str = DEFAULT_EVALUATOR,
     overrides: tuple[str, ...] = (),
+    predict: str = DEFAULT_PREDICT,
 ) -> tuple[Path, pd.DataFrame, list[Path]]:
     """Run, score and plot the demo; returns (run folder, summary table, output paths).
 
     The outputs: the frontier and Gen PPL vs NFE figures and ``matched.md`` (speed-ups at
-    matched quality, :mod:`harness.report.matched`).
+    matched quality, :mod:`harness.report.matched`). ``predict`` is the cost-model policy of the
+    run (``cached``, ``auto`` or ``off``; see :func:`harness.measure.costmodel.prediction_policy`).
     """
+    from harness.measure.costmodel import PREDICT_ENV
     from harness.quality.stage import score_run
     from harness.report import plots
     from harness.results import load_results
     from harness.run.sweep import run_experiment
 
-    run_dir = run_experiment(config, overrides)
+    before = os.environ.get(PREDICT_ENV)
+    os.environ[PREDICT_ENV] = predict  # cell processes inherit it
+    try:
+        run_dir = run_experiment(config, overrides)
+    finally:
+        if before is None:
+            os.environ.pop(PREDICT_ENV, None)
+        else:
+            os.environ[PREDICT_ENV] = before
     if evaluator == DEFAULT_EVALUATOR and not Path(DEFAULT_EVALUATOR[4:]).is_dir():
         evaluator = "dit:checkpoints/ar"  # a checkout without the evaluator: the AR baseline
         print(f"note: {DEFAULT_EVALUATOR[4:]} not found; scoring with {evaluator} instead")
@@ -99,6 +120,26 @@ def run_demo(
     return run_dir, summary_table(df), figs
 
 
+def prediction_note(run_dir: Path, predict: str) -> str | None:
+    """A line saying why ``predicted_s`` is empty for some cells of the run, or None."""
+    from harness.results import load_results
+
+    df = load_results(run_dir)
+    ok = df[df["status"] == "ok"]
+    if "predicted_s" not in ok.columns or not len(ok):
+        return None
+    missing = int(ok["predicted_s"].isna().sum())
+    if not missing:
+        return None
+    why = (
+        "predictions are off (--predict off)"
+        if predict == "off"
+        else "no cost-model calibration is cached on this machine and the demo does not "
+        "calibrate; `dlmbench demo --predict auto` measures it once per machine"
+    )
+    return f"note: predicted_s skipped for {missing} of {len(ok)} cells: {why}"
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4g}"
@@ -107,8 +148,13 @@ def _fmt(v: Any) -> str:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``dlmbench demo [--config CONFIG] [--evaluator SPEC]``."""
-    run_dir, table, figs = run_demo(args.config, args.evaluator, tuple(args.overrides))
+    run_dir, table, figs = run_demo(
+        args.config, args.evaluator, tuple(args.overrides), args.predict
+    )
     print(table.to_string(index=False, formatters={c: _fmt for c in table.columns}))
+    note = prediction_note(run_dir, args.predict)
+    if note:
+        print(note)
     print(f"\nresults: {run_dir}")
     for f in figs:
         print(f"{'report' if f.suffix == '.md' else 'figure'}:  {f}")
@@ -126,6 +172,13 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--evaluator",
         default=DEFAULT_EVALUATOR,
         help="Gen PPL evaluator spec (dit:<dir> | hf:<dir> | gguf:<file>)",
+    )
+    p.add_argument(
+        "--predict",
+        choices=["cached", "auto", "off"],
+        default=DEFAULT_PREDICT,
+        help="cost-model predictions: cached (default: only from a cached calibration, never "
+        "measuring), auto (calibrate on first use, minutes on a busy machine), off",
     )
     p.set_defaults(fn=cmd_demo)
     return p

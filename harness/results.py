@@ -12,16 +12,27 @@ Layout (``docs/design.md``, Results)::
 Every file is written atomically: to a temporary name in the same folder, flushed and fsynced,
 then renamed. A run killed at any point leaves only complete shards (and maybe a temporary file,
 removed by the next run), so resuming re-runs exactly the cells without a shard.
+
+Nothing is destroyed, nothing silently dropped: a shard that cannot be read (a disk error, a
+copy cut short) is reported on stderr and counts as a failed cell; the next run moves it aside
+to ``cells/<cell_id>.parquet.corrupt`` and re-measures the cell. A local run holds
+``<run>/.lock`` (:func:`run_lock`) for its whole sweep, so a second run of the same run folder on
+the machine waits instead of timing cells on the same cores or deleting the first one's
+temporary files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import socket
+import sys
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +44,16 @@ import yaml
 if TYPE_CHECKING:
     import pandas as pd
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
 TEMP_PREFIX = ".tmp-"
+CORRUPT_SUFFIX = ".corrupt"
+"""Appended to the name of an unreadable shard when it is moved aside."""
+LOCK_NAME = ".lock"
+"""The run folder's lock file (:func:`run_lock`)."""
 
 IDENTITY_COLUMNS = [
     "run_id", "cell_id", "status", "error", "sampler", "label", "checkpoint", "family",
@@ -134,6 +154,82 @@ def clean_temp(run_dir: Path, min_age_s: float = 0.0) -> int:
     return n
 
 
+# --------------------------------------------------------------------------------------------
+# The run lock: one sweep of a run folder per machine at a time
+# --------------------------------------------------------------------------------------------
+
+_held_locks: dict[tuple[str, int], int] = {}
+"""(run folder, thread) → how deep this thread holds its lock (:func:`run_lock` re-enters)."""
+
+
+def lock_holder(run_dir: str | Path) -> str:
+    """Who holds (or last held) the run's lock: ``pid N on HOST`` from ``.lock``, or ``?``."""
+    try:
+        text = (Path(run_dir) / LOCK_NAME).read_text().split()
+    except OSError:
+        return "?"
+    return f"pid {text[0]} on {text[1]}" if len(text) >= 2 else "?"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: str | Path, *, wait: bool = True) -> Iterator[None]:
+    """Hold the exclusive advisory lock ``<run>/.lock`` (``flock``) for the ``with`` body.
+
+    When another process (or thread) holds it, print ``waiting for run X held by pid N`` on
+    stderr and wait until it is released. The kernel releases the lock when its holder exits
+    (a SIGKILL included), so a lock is never stale. Re-entrant within one thread. A no-op where
+    ``fcntl`` is missing.
+
+    Raises:
+        BlockingIOError: ``wait`` is False and the lock is held elsewhere.
+    """
+    run_dir = Path(run_dir)
+    key = (str(run_dir.resolve()), threading.get_ident())
+    if fcntl is None or key in _held_locks:
+        _held_locks[key] = _held_locks.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _release_depth(key)
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, run_dir, wait)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        _held_locks[key] = 1
+        try:
+            yield
+        finally:
+            _held_locks.pop(key, None)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _release_depth(key: tuple[str, int]) -> None:
+    _held_locks[key] -= 1
+    if not _held_locks[key]:
+        del _held_locks[key]
+
+
+def _acquire(fd: int, run_dir: Path, wait: bool) -> None:
+    """``flock`` ``fd`` exclusively; say who holds it before waiting."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return
+    except BlockingIOError:
+        if not wait:
+            raise
+    print(
+        f"waiting for run {run_dir.name} held by {lock_holder(run_dir)} (another dlmbench run "
+        "of the same run folder); it goes on when that one ends.",
+        file=sys.stderr,
+        flush=True,
+    )
+    fcntl.flock(fd, fcntl.LOCK_EX)
+
+
 def init_run_dir(
     run_dir: Path,
     config: dict[str, Any],
@@ -146,11 +242,13 @@ def init_run_dir(
 
     A resumed run keeps the first ``env.json``; a differing later fingerprint is stored as
     ``env-<env_id>.json`` (every row names its ``env_id``). Parallel executors pass no ``env``:
-    each cell process records its own (:func:`record_env`).
+    each cell process records its own (:func:`record_env`). Temporary files are removed under
+    the run's lock (:func:`run_lock`; waited for when another process holds it).
     """
     (run_dir / "cells").mkdir(parents=True, exist_ok=True)
     (run_dir / "samples").mkdir(exist_ok=True)
-    clean_temp(run_dir, clean_min_age_s)
+    with run_lock(run_dir):  # never while another run of this folder may be writing them
+        clean_temp(run_dir, clean_min_age_s)
     text = yaml.safe_dump(config, sort_keys=False)
     atomic_write(run_dir / "config.yaml", lambda p: p.write_text(text))
     if env is not None and env_id is not None:
@@ -210,9 +308,18 @@ def _arrow_value(v: Any) -> Any:
 
 
 def write_shard(run_dir: Path, row: dict[str, Any]) -> Path:
-    """Write one cell's row to ``cells/<cell_id>.parquet`` atomically."""
+    """Write one cell's row to ``cells/<cell_id>.parquet`` atomically.
+
+    An unreadable shard already there is moved aside first (:func:`move_aside`), never replaced.
+
+    Raises:
+        pyarrow.ArrowException, TypeError, ValueError: a value pyarrow cannot store.
+        OSError: the file system refused the write.
+    """
     table = pa.Table.from_pylist([{k: _arrow_value(v) for k, v in row.items()}])
     path = run_dir / "cells" / f"{row['cell_id']}.parquet"
+    if path.exists() and isinstance(try_read_shard(path, ["cell_id"]), ShardProblem):
+        move_aside(path, "it is about to be rewritten")
     return atomic_write(path, lambda p: pq.write_table(table, p))
 
 
@@ -236,15 +343,98 @@ def shard_paths(run_dir: str | Path) -> list[Path]:
 
 
 def read_shard(path: Path, columns: list[str] | None = None) -> dict[str, Any]:
-    """One shard's row as a dict (list columns as Python lists)."""
+    """One shard's row as a dict (list columns as Python lists).
+
+    Raises:
+        pyarrow.ArrowException, OSError, IndexError: the file is not a one-row shard
+        (:func:`try_read_shard` turns these into a :class:`ShardProblem`).
+    """
     table = pq.read_table(path, columns=columns)
     return table.to_pylist()[0]
 
 
+class ShardProblem(str):
+    """Why a shard could not be read (``"Type: message"``); what :func:`try_read_shard` returns."""
+
+
+def try_read_shard(path: Path, columns: list[str] | None = None) -> dict[str, Any] | ShardProblem:
+    """:func:`read_shard`, or a :class:`ShardProblem` when the file is corrupt or cut short.
+
+    A file that vanished meanwhile (moved aside by another process) is also a problem.
+    """
+    try:
+        return read_shard(path, columns)
+    except Exception as e:  # noqa: BLE001 -- any failure to read makes the shard unusable
+        return ShardProblem(f"{type(e).__name__}: {e}")
+
+
+def warn(message: str) -> None:
+    """Print ``warning: message`` on stderr."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def corrupt_message(path: Path, problem: str) -> str:
+    """Why a cell counts as failed: its shard cannot be read, and what to do about it."""
+    return (
+        f"CorruptShard: cells/{path.name} cannot be read ({problem}); run the experiment "
+        f"again to move it aside (cells/{path.name}{CORRUPT_SUFFIX}) and re-measure the cell"
+    )
+
+
+def move_aside(path: Path, why: str = "") -> Path | None:
+    """Rename an unreadable ``path`` to ``<name>.corrupt`` (``.corrupt-1``, … if taken); warn.
+
+    Returns the new path, or None when the file was gone already (another process moved it).
+    """
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    n = 0
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}{CORRUPT_SUFFIX}-{n}")
+    try:
+        os.replace(path, target)
+    except FileNotFoundError:
+        return None
+    fsync_dir(path.parent)
+    note = f" ({why})" if why else ""
+    warn(
+        f"shard {path.parent.name}/{path.name} is unreadable{note}; moved to "
+        f"{target.name} (kept for inspection) and its cell counts as not yet measured."
+    )
+    return target
+
+
 def finished(run_dir: str | Path) -> dict[str, dict[str, Any]]:
-    """``cell_id → {status, group_id, batch_size}`` of the finished cells (for resume)."""
+    """``cell_id → {status, group_id, batch_size}`` of the finished cells (for resume).
+
+    An unreadable shard is moved aside (:func:`move_aside`, with a warning on stderr), so its
+    cell is pending and the run re-measures it.
+    """
     cols = ["cell_id", "status", "group_id", "batch_size"]
-    return {r["cell_id"]: r for r in (read_shard(p, cols) for p in shard_paths(run_dir))}
+    out = {}
+    for p in shard_paths(run_dir):
+        row = try_read_shard(p, cols)
+        if isinstance(row, ShardProblem):
+            move_aside(p, row)
+            continue
+        out[row["cell_id"]] = row
+    return out
+
+
+def read_rows(run_dir: str | Path) -> list[dict[str, Any]]:
+    """Every shard's row; an unreadable one becomes an ``error`` row naming it (and a warning).
+
+    Nothing is moved: readers (``dlmbench show``) leave the run folder as it is.
+    """
+    rows = []
+    for p in shard_paths(run_dir):
+        row = try_read_shard(p)
+        if isinstance(row, ShardProblem):
+            msg = corrupt_message(p, row)
+            warn(f"cell {p.stem}: {msg}.")
+            row = {"cell_id": p.stem, "status": "error", "error": msg}
+        rows.append(row)
+    return rows
 
 
 def load_results(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFrame:
@@ -253,6 +443,7 @@ def load_results(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFr
     Every design column is present (NaN where a row has no value); list columns hold lists.
     Quality shards (``quality/``, written by ``dlmbench quality``) are joined on ``cell_id``:
     those of ``evaluator`` if given, else of the evaluator that scored the most cells.
+    An unreadable shard is an ``error`` row naming it (and a warning on stderr), not a crash.
 
     Raises:
         FileNotFoundError: ``run_dir`` has no ``cells/`` folder.
@@ -265,8 +456,7 @@ def load_results(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFr
             f"'{run_dir}' is not a run folder (no cells/); pass results/<run_id> "
             "(dlmbench show lists what a run holds)."
         )
-    rows = [read_shard(p) for p in shard_paths(run_dir)]
-    df = pd.DataFrame.from_records(rows)
+    df = pd.DataFrame.from_records(read_rows(run_dir))
     for col in DESIGN_COLUMNS:
         if col not in df.columns:
             df[col] = math.nan
@@ -282,13 +472,30 @@ def join_quality(df: pd.DataFrame, run_dir: Path, evaluator: str | None) -> pd.D
     files = sorted((run_dir / "quality").glob("*.parquet")) if len(df) else []
     if not files:
         return df
-    q = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frames = [f for f in (read_quality_shard(p) for p in files) if f is not None]
+    if not frames:
+        return df
+    q = pd.concat(frames, ignore_index=True)
     if evaluator is None:
         evaluator = q["evaluator"].value_counts().index[0]
     q = q[q["evaluator"] == evaluator].drop_duplicates("cell_id", keep="last")
     keep = [c for c in q.columns if c == "cell_id" or c not in df.columns or df[c].isna().all()]
     df = df.drop(columns=[c for c in keep if c != "cell_id" and c in df.columns])
     return df.merge(q[keep], on="cell_id", how="left")
+
+
+def read_quality_shard(path: Path) -> pd.DataFrame | None:
+    """A quality shard as a DataFrame, or None (with a warning) when it cannot be read."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as e:  # noqa: BLE001 -- an unreadable shard is reported, not fatal
+        warn(
+            f"quality shard {path.parent.name}/{path.name} cannot be read "
+            f"({type(e).__name__}: {e}); it is ignored. Re-score with dlmbench quality --force."
+        )
+        return None
 
 
 def resolve_run(spec: str, output_dir: str | Path = "results") -> Path:

@@ -15,10 +15,7 @@ same tokens (the cache is exact up to rounding).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from samplers.base import (
     SAMPLERS,
@@ -32,6 +29,12 @@ from samplers.base import (
     numerics_problems,
     sample_tokens,
 )
+from samplers.lazytorch import lazy_torch, no_grad
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 
 @dataclass(frozen=True)
@@ -121,7 +124,7 @@ class AR:
             cache = model.new_kv_cache(batch_size, max(seq_len - 1, 1), device=dev)
         return ARPlan(template=x, cache=cache)
 
-    @torch.no_grad()
+    @no_grad
     def execute(self, model: Any, plan: ARPlan, *, generator: torch.Generator) -> SampleResult:
         """L − 1 steps: next-token logits at position i, then sample x[i + 1]."""
         x = plan.template.clone()  # (b, L)

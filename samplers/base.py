@@ -20,14 +20,17 @@ Gumbel noise in float64; noise drawn on the model's device, sized to what is sam
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal, Protocol, runtime_checkable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from dlmcore.configio import ConfigError
 from dlmcore.errors import UserError
 from dlmcore.registry import Registry
+from samplers.lazytorch import lazy_torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 CallRecord = tuple[int, int, int, int]
 """One network call, per batch row: (fed tokens, attention query rows, key rows, head rows).

@@ -31,6 +31,17 @@ Cache modes (all give the same tokens for the same seed):
 * ``none``: the uncached oracle: ``model.forward([prefix ; block])`` under the block-causal
   mask, last L′ logits; no store pass.
 
+Context window (``context_window``): ``full`` (default) attends the whole prefix, however long;
+this is the cache the benchmark times and what ``algorithms.md`` §3.3 prescribes for L > 1024.
+``sliding`` is the reference's behaviour past the checkpoint's ``model_length`` W (bd3lms
+``_semi_ar_sampler`` slides its window so the model never sees more than W rows): block j is
+denoised against the last W − L′ clean rows only, re-encoded from their tokens with positions
+renumbered from 0 (exactly the uncached oracle on the last W rows). An integer sets W directly
+(a multiple of L′). With L ≤ W both give the same tokens. In the cached modes each block past
+the window costs one re-encoding pass over its W − L′ context rows instead of the store pass of
+the block before it. ``SampleResult.info`` records ``context_window`` and ``context_rows`` (W, or
+L for ``full``), so the results row says which was used.
+
 None of the reference's stop-and-resample logic (entropy guard) is implemented.
 """
 
@@ -38,10 +49,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from samplers.base import (
     SAMPLERS,
@@ -56,7 +64,13 @@ from samplers.base import (
     subs_log_probs,
     top_p_filter,
 )
+from samplers.lazytorch import lazy_torch, no_grad
 from samplers.schedules import POLICIES, SCHEDULES
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 GRID_NOTE = (
     "ancestral grid t = 1 … 1/T' with s = t - 1/T' (final step fills every mask); "
@@ -86,6 +100,9 @@ class BD3LMConfig:
         top_p: nucleus mass in (0, 1]; 1 disables nucleus filtering.
         top_p_convention: ``hf`` or ``strict`` (bd3lms uses ``strict``).
         profile: network-only timing: the same calls and shapes on placeholder tokens.
+        context_window: ``full`` (whole prefix), ``sliding`` (the reference's window of the
+            checkpoint's ``model_length`` rows, positions renumbered) or an integer W (a
+            multiple of ``block_size``); see the module docstring.
     """
 
     block_size: int = 4
@@ -98,10 +115,24 @@ class BD3LMConfig:
     top_p: float = 1.0
     top_p_convention: Literal["hf", "strict"] = "hf"
     profile: bool = False
+    context_window: str | int = "full"
 
     def problems(self) -> list[str]:
         """Every problem with these values, as sentences (empty when valid)."""
         out = list(numerics_problems(self))
+        cw = self.context_window
+        if isinstance(cw, bool) or not isinstance(cw, (str, int)):
+            out.append(f"'context_window' is {cw!r}; allowed: 'full', 'sliding' or an integer.")
+        elif isinstance(cw, str) and cw not in ("full", "sliding"):
+            out.append(f"'context_window' is {cw!r}; allowed: 'full', 'sliding' or an integer.")
+        elif isinstance(cw, int) and (
+            cw < 1
+            or (isinstance(self.block_size, int) and self.block_size > 0 and cw % self.block_size)
+        ):
+            out.append(
+                f"'context_window' is {cw}; an integer window must be a positive multiple of "
+                f"'block_size' {self.block_size}."
+            )
         for name in ("block_size", "steps_per_block"):
             val = getattr(self, name)
             if not isinstance(val, int) or val < 1:
@@ -144,6 +175,10 @@ class BD3Plan:
         mask: the (L, L) block-causal pattern for the uncached oracle, else ``None``.
         nfe_denoise_expected: analytic E[denoising calls] (NaN for adaptive policies).
         info: extra scalars copied into ``SampleResult.info``.
+        window: W, the most rows a call sees (context plus the block); ``seq_len`` for
+            ``context_window: full``. Default 0 means ``seq_len``.
+        reencode_mask: the (W − L′, W − L′) block-causal pattern of the efficient cache's
+            re-encoding pass, when the window slides.
     """
 
     batch_size: int
@@ -156,11 +191,33 @@ class BD3Plan:
     mask: Tensor | None
     nfe_denoise_expected: float
     info: dict[str, Any] = field(default_factory=dict)
+    window: int = 0
+    reencode_mask: Tensor | None = None
 
     @property
     def n_blocks(self) -> int:
         """N_b = L / L′."""
         return self.seq_len // self.block_size
+
+    def window_start(self, j: int) -> int:
+        """First row block j's calls see: max(0, (j + 1)·L′ − W)."""
+        return window_start(j, self.block_size, self.window or self.seq_len)
+
+
+def window_start(j: int, block_size: int, window: int) -> int:
+    """First row that block j sees with a W-row window: max(0, (j + 1)·L′ − W)."""
+    return max(0, (j + 1) * block_size - window)
+
+
+def context_rows(cfg: BD3LMConfig, model_config: Any, seq_len: int) -> int:
+    """W for ``cfg.context_window`` (``full``: L; ``sliding``: the model's ``model_length``)."""
+    cw = cfg.context_window
+    if cw == "full":
+        return seq_len
+    if cw == "sliding":
+        trained = getattr(model_config, "model_length", None)
+        return int(trained) if trained else seq_len
+    return int(cw)
 
 
 def host_generator(generator: torch.Generator) -> torch.Generator:
@@ -240,14 +297,39 @@ def expected_denoise_calls(
 
 
 def block_logits(model: Any, x: Tensor, P: int, plan: BD3Plan, cache_mode: str) -> Tensor:
-    """Denoiser logits for the block x[:, P : P+L′] given the clean prefix, (b, L′, V)."""
+    """Denoiser logits for the block x[:, P : P+L′] given the clean prefix, (b, L′, V).
+
+    With a sliding window the prefix is rows [s, P), s = ``plan.window_start``; cached modes hold
+    them at cache rows [0, P − s) (positions renumbered), the oracle feeds x[:, s : P+L′].
+    """
     Lb = plan.block_size
+    s = plan.window_start(P // Lb)
     if cache_mode == "efficient":
-        return model.forward_cached(x[:, P : P + Lb], plan.cache, start=P, causal=False)
+        return model.forward_cached(x[:, P : P + Lb], plan.cache, start=P - s, causal=False)
     if cache_mode == "reference":
-        return model.forward_cached_reference(x[:, P : P + Lb], plan.cache, start=P)
-    end = P + Lb
-    return model.forward(x[:, :end], attn_mask=plan.mask[:end, :end], logits=Lb)
+        return model.forward_cached_reference(x[:, P : P + Lb], plan.cache, start=P - s)
+    n = P + Lb - s
+    return model.forward(x[:, s : P + Lb], attn_mask=plan.mask[:n, :n], logits=Lb)
+
+
+def reencode_context(model: Any, x: Tensor, j: int, plan: BD3Plan, cache_mode: str) -> CallRecord:
+    """Sliding window: rebuild cache rows [0, P − s) from the clean rows x[:, s : P].
+
+    One pass under the block-causal pattern with positions 0 … P − s − 1, so the cache holds
+    exactly what the uncached oracle computes on the window (s and P are multiples of L′).
+    """
+    Lb = plan.block_size
+    P, s = j * Lb, plan.window_start(j)
+    ctx = x[:, s:P]
+    if cache_mode == "efficient":
+        model.forward_cached(
+            ctx, plan.cache, start=0, causal=False, attn_mask=plan.reencode_mask,
+            return_logits=False,
+        )  # fmt: skip
+    else:
+        model.forward_cached_reference(ctx, plan.cache, start=0, return_logits=False)
+    n = P - s
+    return (n, n, n, 0)
 
 
 def block_call(P: int, Lb: int, cache_mode: str, head: bool) -> CallRecord:
@@ -312,7 +394,7 @@ def denoise_block(
         k = steps.pop(0)
         if logits is None:
             logits = block_logits(model, x, P, plan, cfg.cache)
-            calls.append(block_call(P, Lb, cfg.cache, head=True))
+            calls.append(block_call(P - plan.window_start(j), Lb, cfg.cache, head=True))
         if cfg.profile:
             logits = None
             continue
@@ -336,16 +418,29 @@ def denoise_block(
 
 
 def store_block(model: Any, x: Tensor, j: int, plan: BD3Plan, cache_mode: str) -> CallRecord:
-    """Write the clean block's K/V (or QKV) at cache rows [P, P+L′): the store pass."""
+    """Write the clean block's K/V (or QKV) at cache rows [P − s, P − s + L′): the store pass."""
     Lb = plan.block_size
     P = j * Lb
+    at = P - plan.window_start(j)
     if cache_mode == "efficient":
         model.forward_cached(
-            x[:, P : P + Lb], plan.cache, start=P, causal=False, return_logits=False
+            x[:, P : P + Lb], plan.cache, start=at, causal=False, return_logits=False
         )
     else:
-        model.forward_cached_reference(x[:, P : P + Lb], plan.cache, start=P, return_logits=False)
-    return block_call(P, Lb, cache_mode, head=False)
+        model.forward_cached_reference(x[:, P : P + Lb], plan.cache, start=at, return_logits=False)
+    return block_call(at, Lb, cache_mode, head=False)
+
+
+def sliding_passes(j: int, n_blocks: int, block_size: int, window: int) -> tuple[bool, bool]:
+    """(re-encode before block j, store after block j) for the cached modes.
+
+    Block j re-encodes its context when its window no longer starts at row 0; the store pass
+    after it is skipped when the next block will re-encode anyway (the last block always
+    stores, as with a full window).
+    """
+    reencode = window_start(j, block_size, window) > 0
+    nxt = j + 1 < n_blocks and window_start(j + 1, block_size, window) > 0
+    return reencode, not nxt
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +482,13 @@ class BD3LMSampler:
                 f"size {trained}. Set block_size: {trained}, or load a checkpoint trained with "
                 f"block size {Lb}."
             )
+        W = context_rows(self.config, model_config, seq_len)
+        if W < seq_len and (W % Lb or W < Lb):
+            raise SamplerError(
+                f"sampler 'bd3lm': context_window {self.config.context_window!r} gives a window "
+                f"of {W} rows, which is not a multiple of block_size {Lb}. Use context_window: "
+                f"full, or an integer multiple of {Lb}."
+            )
 
     def _step_plan(
         self, batch_size: int, masked: list[int], generator: torch.Generator, device: Any
@@ -407,7 +509,7 @@ class BD3LMSampler:
             means.append([float(counts[:, i].double().mean()) for i in keep])
         return steps, means
 
-    @torch.no_grad()
+    @no_grad
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> BD3Plan:
@@ -424,20 +526,31 @@ class BD3LMSampler:
         bos = model.config.bos_index
         masked = masked_per_block(seq_len, Lb, bos)
         steps, means = self._step_plan(batch_size, masked, generator, dev)
-        cache = mask = None
+        W = context_rows(cfg, model.config, seq_len)
+        rows = min(W, seq_len)
+        cache = mask = reencode_mask = None
         if cfg.cache == "efficient":
-            cache = model.new_kv_cache(batch_size, seq_len)
+            cache = model.new_kv_cache(batch_size, rows)
+            if W < seq_len:
+                reencode_mask = model.block_causal_mask(W - Lb, Lb, dev)
         elif cfg.cache == "reference":
-            cache = model.new_qkv_cache(batch_size, seq_len, Lb)
+            cache = model.new_qkv_cache(batch_size, rows, Lb)
         else:
-            mask = model.block_causal_mask(seq_len, Lb, dev)
+            mask = model.block_causal_mask(rows, Lb, dev)
         expected = expected_denoise_calls(self.schedule, cfg, batch_size, masked)
         info = {"mode": cfg.mode, "cache": cfg.cache, "policy": cfg.policy, "bos": bos}
+        cw = cfg.context_window
+        info["context_window"] = cw if isinstance(cw, str) else "sliding"
+        info["context_rows"] = rows  # W, or L when the window never slides
+        info["context_slides"] = W < seq_len
         if cfg.mode == "ancestral":
             info["grid"] = GRID_NOTE
-        return BD3Plan(batch_size, seq_len, Lb, bos, steps, means, cache, mask, expected, info)
+        return BD3Plan(
+            batch_size, seq_len, Lb, bos, steps, means, cache, mask, expected, info,
+            window=rows, reencode_mask=reencode_mask,
+        )  # fmt: skip
 
-    @torch.no_grad()
+    @no_grad
     def execute(self, model: Any, plan: BD3Plan, *, generator: torch.Generator) -> SampleResult:
         """The timed loop over blocks; replayable (the cache is reset first).
 
@@ -457,13 +570,18 @@ class BD3LMSampler:
             x[:, 0] = plan.bos
         calls: list[CallRecord] = []
         sizes: list[float] = []
-        stores = 0
+        stores = reencodes = 0
+        W = plan.window or plan.seq_len
         for j in range(plan.n_blocks):
+            reencode, store = sliding_passes(j, plan.n_blocks, plan.block_size, W)
+            if plan.cache is not None and reencode:
+                calls.append(reencode_context(model, x, j, plan, cfg.cache))
+                reencodes += 1
             sizes += denoise_block(model, x, j, plan, cfg, self.policy, generator, calls)
-            if plan.cache is not None:
+            if plan.cache is not None and store:
                 calls.append(store_block(model, x, j, plan, cfg.cache))
                 stores += 1
-        nfe_denoise = len(calls) - stores
+        nfe_denoise = len(calls) - stores - reencodes
         return SampleResult(
             tokens=x,
             nfe_denoise=nfe_denoise,
@@ -473,9 +591,10 @@ class BD3LMSampler:
             calls=calls,
             info={
                 **plan.info,
-                "nfe_expected": plan.nfe_denoise_expected + stores,
+                "nfe_expected": plan.nfe_denoise_expected + stores + reencodes,
                 "nfe_denoise_expected": plan.nfe_denoise_expected,
                 "store_passes": stores,
+                "reencode_passes": reencodes,
                 "profile": bool(cfg.profile),
             },
         )
@@ -494,13 +613,18 @@ class BD3LMSampler:
         self._check_sizes(model_config, seq_len)
         cfg, Lb = self.config, self.config.block_size
         masked = masked_per_block(seq_len, Lb, getattr(model_config, "bos_index", None))
+        W = min(context_rows(cfg, model_config, seq_len), seq_len)
         calls: list[CallRecord] = []
         done, acc = 0, 0.0
         for j, n in enumerate(masked):
+            at = j * Lb - window_start(j, Lb, W)
+            reencode, store = sliding_passes(j, len(masked), Lb, W)
+            if cfg.cache != "none" and reencode:
+                calls.append((at, at, at, 0))
             e = expected_denoise_calls(self.schedule, cfg, batch_size, [n])
             acc += n if math.isnan(e) else e  # adaptive: at most one call per token
-            calls += [block_call(j * Lb, Lb, cfg.cache, head=True)] * (round(acc) - done)
+            calls += [block_call(at, Lb, cfg.cache, head=True)] * (round(acc) - done)
             done = round(acc)
-            if cfg.cache != "none":
-                calls.append(block_call(j * Lb, Lb, cfg.cache, head=False))
+            if cfg.cache != "none" and store:
+                calls.append(block_call(at, Lb, cfg.cache, head=False))
         return calls

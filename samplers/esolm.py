@@ -18,10 +18,7 @@ sampler in :mod:`samplers.esolm_interleaved`, which builds another π and K and 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from samplers.base import (
     SAMPLERS,
@@ -33,7 +30,13 @@ from samplers.base import (
     numerics_problems,
     sample_tokens,
 )
+from samplers.lazytorch import lazy_torch, no_grad
 from samplers.schedules import SCHEDULES
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 # --------------------------------------------------------------------------------------------
 # Config
@@ -372,7 +375,7 @@ class EsoLMSampler:
         self.config = check_config(self.name, config or EsoLMConfig())
         self.schedule = SCHEDULES.build(self.config.schedule)
 
-    @torch.no_grad()
+    @no_grad
     def cache_kind(self) -> str | None:
         """The cache this configuration keeps, for the analytic memory column.
 
@@ -404,7 +407,7 @@ class EsoLMSampler:
             info={"alpha0_eval": cfg.alpha0_eval, "schedule": cfg.schedule},
         )
 
-    @torch.no_grad()
+    @no_grad
     def execute(self, model: Any, plan: EsoPlan, *, generator: torch.Generator) -> SampleResult:
         """The timed loop; replayable (the cache is reset first)."""
         return decode(model, plan, self.config, generator)

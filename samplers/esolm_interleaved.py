@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from samplers.base import (
     SAMPLERS,
@@ -28,6 +25,12 @@ from samplers.base import (
     numerics_problems,
 )
 from samplers.esolm import EsoPlan, decode, prepare, step_calls
+from samplers.lazytorch import lazy_torch, no_grad
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class EsoLMBlockSampler:
                 "e.g. a power of two for L = 1024."
             )
 
-    @torch.no_grad()
+    @no_grad
     def plan(
         self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
     ) -> EsoPlan:
@@ -146,7 +149,7 @@ class EsoLMBlockSampler:
             info={"alpha0_eval": cfg.alpha0_eval, "shuffle": cfg.shuffle},
         )
 
-    @torch.no_grad()
+    @no_grad
     def execute(self, model: Any, plan: EsoPlan, *, generator: torch.Generator) -> SampleResult:
         """The timed loop (shared with ``esolm``); replayable."""
         return decode(model, plan, self.config, generator)

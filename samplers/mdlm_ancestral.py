@@ -28,10 +28,7 @@ depend on the model: the same API carries LLaDA/Fast-dLLM-style samplers on an M
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from samplers.base import (
     SAMPLERS,
@@ -48,7 +45,13 @@ from samplers.base import (
     subs_log_probs,
     top_p_filter,
 )
+from samplers.lazytorch import lazy_torch, no_grad
 from samplers.schedules import POLICIES, SCHEDULES, build, build_problems, step_probabilities
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 
 @dataclass(frozen=True)
@@ -204,7 +207,7 @@ class MDLMAncestral:
 
     # ---- execute (timed) ---------------------------------------------------------------------
 
-    @torch.no_grad()
+    @no_grad
     def execute(self, model: Any, plan: MDLMPlan, *, generator: torch.Generator) -> SampleResult:
         """Run the calling steps: forward, propose, select, commit (module docstring)."""
         if self.config.profile:

@@ -14,10 +14,7 @@ over the (b, V) rows of the chosen positions only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from samplers.base import (
     SAMPLERS,
@@ -30,6 +27,12 @@ from samplers.base import (
     numerics_problems,
     sample_tokens,
 )
+from samplers.lazytorch import lazy_torch, no_grad
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 
 @dataclass(frozen=True)
@@ -106,7 +109,7 @@ class MDLMFirstHitting:
             order=torch.argsort(keys, dim=-1),  # (b, L)
         )
 
-    @torch.no_grad()
+    @no_grad
     def execute(
         self, model: Any, plan: FirstHittingPlan, *, generator: torch.Generator
     ) -> SampleResult:

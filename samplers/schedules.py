@@ -37,12 +37,15 @@ from __future__ import annotations
 import importlib.metadata
 import inspect
 import math
-from typing import Any, ClassVar, Protocol, runtime_checkable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from dlmcore.registry import Registry, RegistryError
+from samplers.lazytorch import lazy_torch
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_torch(globals())
 
 EPS = 1e-3
 """Schedule epsilon of the reference code: α_t = 1 − (1 − ε)·t."""

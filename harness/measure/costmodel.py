@@ -392,12 +392,23 @@ def time_samples(
 # Device peaks
 # ---------------------------------------------------------------------------------------------
 
-SPEC_SHEETS: dict[str, tuple[float, float]] = {
-    # name: (dense bf16 tensor-core FLOP/s, memory bandwidth bytes/s); vendor spec sheets,
-    # (unverified): sparsity figures are twice these.
-    "a6000": (154.8e12, 768e9),
-    "h200": (989.4e12, 4.8e12),
-}
+
+def spec_sheets() -> dict[str, tuple[float, float]]:
+    """name (lower case): (dense bf16 tensor-core FLOP/s, memory bandwidth bytes/s).
+
+    Read from ``baselines/data/hardware.yaml``, the one documented source of the GPU presets
+    (with derivations and sources; sparsity figures are twice these), so the cost model and the
+    baselines can never disagree.
+    """
+    from baselines import load_hardware
+
+    hw = load_hardware()
+    return {
+        str(n).lower(): (float(f), float(b))
+        for n, f, b in zip(
+            hw["name"], hw["peak_bf16_dense_flop_s"], hw["mem_bandwidth_bytes_s"], strict=True
+        )
+    }
 
 
 @dataclass(frozen=True)
@@ -429,15 +440,18 @@ class Peaks:
     def from_spec(cls, name: str, call_overhead_s: float, dtype: str = "bfloat16") -> Peaks:
         """Spec-sheet peaks of a named GPU (``a6000``, ``h200``) with a given per-call overhead.
 
+        The peaks come from ``baselines/data/hardware.yaml`` (:func:`spec_sheets`).
+
         Raises:
             ValueError: unknown name (lists the known ones).
         """
-        if name.lower() not in SPEC_SHEETS:
+        sheets = spec_sheets()
+        if name.lower() not in sheets:
             raise ValueError(
-                f"no spec sheet for {name!r}; known: {sorted(SPEC_SHEETS)}. Build Peaks(...) by "
+                f"no spec sheet for {name!r}; known: {sorted(sheets)}. Build Peaks(...) by "
                 "hand with the device's FLOP/s, bandwidth and per-call overhead instead."
             )
-        flops, bw = SPEC_SHEETS[name.lower()]
+        flops, bw = sheets[name.lower()]
         return cls(flops, bw, call_overhead_s, name, dtype, "spec sheet (unverified)")
 
     @property
@@ -979,13 +993,10 @@ def calibrate_calls(
             f"weights are on {m_dev} in {_dtype_name(m_dtype)}. Move the model first "
             "(model.to(device, dtype)) or pass matching arguments."
         )
-    frozen = getattr(model, "_frozen", None) is not None or not model.config.adaln
-    key = f"{measurement_key(device, dtype)}|{_config_key(model.config)}|frozen={frozen}"
-    cached = _read_json(CALIBRATION_FILE).get(key)
-    known = {f.name for f in fields(CallCalibration)}
-    if cached and not refresh and set(cached) <= known:  # else: an older layout, re-measure
-        curve = ("curve_tokens", "curve_head_s", "curve_store_s")
-        return CallCalibration(**{k: tuple(v) if k in curve else v for k, v in cached.items()})
+    key = _calibration_key(model, device, dtype)
+    cached = None if refresh else _cached_entry(key)
+    if cached is not None:
+        return cached
     n = CALIBRATION_TOKENS
     load = _warn_if_loaded(f"the call overhead of {_config_key(model.config)}", device)
     cpu = torch.device(device).type == "cpu"
@@ -1036,6 +1047,94 @@ def calibrate_calls(
     )
     _merge_json(CALIBRATION_FILE, key, asdict(cal))
     return cal
+
+
+def _calibration_key(model: Any, device: str, dtype: torch.dtype) -> str:
+    frozen = getattr(model, "_frozen", None) is not None or not model.config.adaln
+    return f"{measurement_key(device, dtype)}|{_config_key(model.config)}|frozen={frozen}"
+
+
+def _cached_entry(key: str) -> CallCalibration | None:
+    cached = _read_json(CALIBRATION_FILE).get(key)
+    known = {f.name for f in fields(CallCalibration)}
+    if not cached or not set(cached) <= known:  # absent, or an older layout: re-measure
+        return None
+    curve = ("curve_tokens", "curve_head_s", "curve_store_s")
+    return CallCalibration(**{k: tuple(v) if k in curve else v for k, v in cached.items()})
+
+
+def cached_calibration(model: Any) -> CallCalibration | None:
+    """This machine's stored :func:`calibrate_calls` result for ``model``, never measuring.
+
+    ``None`` when nothing is cached for the model's architecture, device, dtype and threads.
+    """
+    device, dtype = _model_device_dtype(model)
+    return _cached_entry(_calibration_key(model, device, dtype))
+
+
+PREDICT_ENV = "DLMBENCH_PREDICT"
+"""Environment variable choosing how a run fills ``predicted_s`` (:func:`prediction_policy`)."""
+
+PREDICT_POLICIES = ("auto", "cached", "off")
+
+
+def prediction_policy() -> str:
+    """How runs predict: ``$DLMBENCH_PREDICT``, one of :data:`PREDICT_POLICIES` (default auto).
+
+    * ``auto``: calibrate the architecture and measure missing op-table points on first use
+      (cached per machine; ≈ 15 s per architecture on a quiet 2-core box, minutes on a busy one);
+    * ``cached``: predict only from what this machine has already cached (calibration and every
+      op-table point the cell needs), else leave ``predicted_s`` NaN — never measures;
+    * ``off``: never predict (``predicted_s`` NaN).
+
+    Raises:
+        ValueError: an unknown value.
+    """
+    policy = os.environ.get(PREDICT_ENV, "auto").strip().lower() or "auto"
+    if policy not in PREDICT_POLICIES:
+        raise ValueError(f"${PREDICT_ENV} is {policy!r}; allowed: {', '.join(PREDICT_POLICIES)}.")
+    return policy
+
+
+class NotCached(LookupError):
+    """A measurement that ``cached`` prediction needs is not in this machine's cache."""
+
+
+def _refuse_to_measure(kind: str, shape: tuple[int, ...]) -> float:
+    raise NotCached(f"op-table point {kind}:{','.join(map(str, shape))} is not cached")
+
+
+def predict_for_run(
+    model_cfg: DiTConfig,
+    calls: Iterable[CallRecord],
+    batch_size: int,
+    peaks: Peaks,
+    dtype_bytes: int,
+    model: Any,
+    policy: str | None = None,
+) -> float:
+    """A run's ``predicted_s``: :func:`predict_seconds` under :func:`prediction_policy`.
+
+    With ``cached`` the calibration and op-table points come from this machine's cache only; a
+    cell that would need any new measurement gets NaN instead of waiting for it.
+    """
+    policy = policy or prediction_policy()
+    if policy == "off":
+        return math.nan
+    if policy == "auto":
+        return predict_seconds(model_cfg, calls, batch_size, peaks, dtype_bytes, model=model)
+    cal = cached_calibration(model)
+    if cal is None:
+        return math.nan
+    table = None
+    if peaks.is_cpu:
+        table = MicroTable(peaks.device, peaks.dtype, measure=_refuse_to_measure, persist=True)
+    try:
+        return predict_seconds(
+            model_cfg, calls, batch_size, peaks, dtype_bytes, calibration=cal, table=table
+        )
+    except NotCached:
+        return math.nan
 
 
 def call_overhead(

@@ -13,13 +13,15 @@ Columns (decimal GB, 1e9 bytes; NaN where a reading does not apply, never 0):
   inflate; ``peak_rss_scope`` says which (``since_reset`` / ``process_lifetime``). Run one process
   per cell for memory-critical numbers (§7.4).
 
-Analytic cache sizes (:func:`cache_bytes`) follow §7.3.
+Analytic cache sizes (:func:`cache_bytes`) follow §7.3. Before a cell runs, its peak is bounded
+by :func:`estimate_peak_bytes` and compared with :func:`available_bytes`.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import os
 import resource
 import sys
 from pathlib import Path
@@ -164,3 +166,92 @@ def cache_bytes(
         f"cache kind {kind!r} is unknown; allowed: 'kv' (Eso-LM, AR, efficient BD3-LM), "
         "'qkv' (reference BD3-LM), 'px0' (MDLM no-change cache)."
     )
+
+
+ACTIVATION_WIDTH = 8
+"""k in the activation term b·L·(k·d·s + 4·V): the widest per-token hidden state of a block
+(QKV 3d + attention output d + MLP 4d = 8d, at mlp_ratio 4)."""
+
+WEIGHT_BYTES = 4
+"""Bytes per weight: the weights stay float32 (bfloat16 runs under autocast)."""
+
+
+def weight_count(model_cfg: Any) -> int:
+    """Parameters of the network, analytically: N blocks of linears and AdaLN, embedding, head.
+
+    Per block: the linears (QKV, out, MLP) ``(3 + 1 + 2r)·d² + (r + 1)·d`` and the AdaLN
+    modulation ``c·6d + 6d``; plus the embedding ``V·d``, the head ``d·V + V`` and its AdaLN
+    ``c·2d``, and the σ embedder ``256·c + c²``.
+    """
+    d, n, v = model_cfg.hidden_size, model_cfg.n_blocks, model_cfg.vocab_size
+    c, r = model_cfg.cond_dim, getattr(model_cfg, "mlp_ratio", 4)
+    block = (4 + 2 * r) * d * d + (r + 1) * d + 6 * d * (c + 1) + 2 * d
+    return n * block + 2 * v * d + v + 2 * d * c + 256 * c + c * c
+
+
+def estimate_peak_bytes(
+    model_cfg: Any,
+    cache_kind: str | None,
+    batch_size: int,
+    seq_len: int,
+    dtype_bytes: int,
+    *,
+    weights: bool = True,
+    fed_rows: int | None = None,
+    head_rows: int | None = None,
+) -> float:
+    """A rough upper bound of one cell's peak memory, in bytes.
+
+    ``weights + cache + activations`` with
+
+    * weights: :func:`weight_count` × 4 bytes (float32; skipped when ``weights`` is False, e.g.
+      the model is resident already);
+    * cache: :func:`cache_bytes` of the sampler's cache kind (``kv``, ``qkv`` with its mask,
+      ``px0``), 0 without one;
+    * activations: ``b·(F·k·d·s + H·4·V)``: one layer's widest hidden states for the F rows fed
+      per call (k = :data:`ACTIVATION_WIDTH`, s = ``dtype_bytes``) and float32 logits for the H
+      head rows per call. F and H are the largest of the sampler's expected calls
+      (``fed_rows``, ``head_rows``), L where unknown.
+
+    Attention scores are not counted (fused kernels do not materialise them).
+    """
+    d, v = model_cfg.hidden_size, model_cfg.vocab_size
+    b, L = batch_size, seq_len
+    fed = L if fed_rows is None else fed_rows
+    head = L if head_rows is None else head_rows
+    total = float(weight_count(model_cfg) * WEIGHT_BYTES) if weights else 0.0
+    if cache_kind is not None:
+        total += cache_bytes(model_cfg, cache_kind, b, L, dtype_bytes, with_mask=True)
+    return total + float(b * (fed * ACTIVATION_WIDTH * d * dtype_bytes + head * 4 * v))
+
+
+def _meminfo_available() -> float:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes; else free pages × page size; else NaN."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return float(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return math.nan
+
+
+def available_bytes(device: str) -> float:
+    """Memory a new cell on ``device`` can use, in bytes; NaN where unknown.
+
+    CUDA: the device's free memory plus what this process's allocator holds in reserve
+    (``mem_get_info`` + reserved − allocated). Otherwise: the host's ``MemAvailable``.
+    """
+    if _is_cuda(device):
+        if not torch.cuda.is_available():
+            return math.nan
+        dev = torch.device(device)
+        free, _total = torch.cuda.mem_get_info(dev)
+        cached = torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev)
+        return float(free + cached)
+    if device.split(":")[0] == "mps":
+        return math.nan
+    return _meminfo_available()

@@ -307,15 +307,19 @@ def save_checkpoint(
     out_dir: str | os.PathLike[str],
     extra: dict[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    files: Mapping[str, str | os.PathLike[str]] | None = None,
 ) -> Path:
     """Write ``model`` in our format to ``out_dir`` (atomically: temp dir, then rename).
 
     Args:
         model: the network.
-        out_dir: target directory (replaced if it exists).
+        out_dir: target directory (replaced if it exists; callers that take user input check
+            first, e.g. the training loop's ``--overwrite``).
         extra: free-form JSON-serialisable sections to store beside the model config.
         dtype: storage dtype of the weights (fp32 default; fp16 halves the file, and
             :func:`load_dlmbench_checkpoint` upcasts to fp32 on load).
+        files: ``{name: path}`` of further files moved into the directory before it is
+            renamed into place (e.g. ``train_log.csv``).
 
     Returns:
         The directory written.
@@ -327,6 +331,8 @@ def save_checkpoint(
         save_file(state, str(tmp / "model.safetensors"))
         doc = {"dlmbench_format": FORMAT_VERSION, "model": model.config.to_dict(), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
+        for name, src in (files or {}).items():
+            shutil.move(os.fspath(src), tmp / Path(name).name)
 
     return _write_dir_atomically(Path(out_dir), write)
 
@@ -609,6 +615,8 @@ def lightning_fields(hp: Any) -> dict[str, Any]:
     Reads ``config.model.{hidden_size, n_blocks, n_heads, cond_dim, length, dropout}``,
     ``config.algo.{name, time_conditioning, causal_attention}``, ``config.block_size`` and
     ``config.data.tokenizer_name_or_path``; anything absent is taken from the tensors.
+    ``time_conditioning`` is read from ``config.algo`` (bd3lms, Eso-LMs, DUO) and, when absent
+    there, from the top level of ``config`` where kuleshov-group/mdlm keeps it.
     """
     hp = hp if isinstance(hp, dict) else {}
     cfg = hp.get("config") if isinstance(hp.get("config"), dict) else {}
@@ -639,7 +647,8 @@ def lightning_fields(hp: Any) -> dict[str, Any]:
         "block_size": cfg.get("block_size", algo.get("block_size"))
         if src_family == "bd3lm"
         else None,
-        "time_conditioning": src_family == "duo" or bool(algo.get("time_conditioning", False)),
+        "time_conditioning": src_family == "duo"
+        or bool(algo.get("time_conditioning", cfg.get("time_conditioning", False))),
         "dropout": model.get("dropout"),
         "tokenizer": data.get("tokenizer_name_or_path"),
         "problems": problems,
@@ -704,6 +713,7 @@ def convert_lightning_checkpoint(
     *,
     use_ema: bool = True,
     overrides: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Convert a Lightning ``.ckpt`` once, in a trusted step, to ``config.json`` + safetensors.
 
@@ -712,15 +722,20 @@ def convert_lightning_checkpoint(
     still read for the config. Writes ``model.safetensors`` (fp32, ``backbone.``-prefixed) and a
     ``config.json`` with ``model_type``, ``hidden_size``, ``n_blocks``, ``n_heads``,
     ``cond_dim``, ``vocab_size``, ``mask_index``, ``model_length``, ``time_conditioning``,
-    ``source_file``, ``source_sha256`` and ``ema`` (``checkpoints.md`` §6).
+    ``source_file``, ``source_sha256`` and ``ema`` (``checkpoints.md`` §6). BOS/EOS ids come
+    from ``overrides``, else from the tokenizer pickled in ``hyper_parameters``
+    (``bos_token_id``/``eos_token_id``), else from a known vocabulary (GPT-2, BERT).
 
     Args:
         src: the ``.ckpt`` file.
-        out_dir: the directory to write (replaced atomically if it exists).
+        out_dir: the directory to write; an existing non-empty one is refused unless
+            ``overwrite``, and even then only when it holds a checkpoint (``config.json``).
+            The new directory is written to a temp sibling and renamed into place.
         trust_pickle: must be true: the file can run code when unpickled.
         use_ema: write the EMA weights (default) or ``state_dict``.
         overrides: config fields the file lacks (``n_heads``, ``source_family``,
-            ``mask_index``, ``block_size``, ``model_length``).
+            ``mask_index``, ``block_size``, ``model_length``, ``bos_index``, ``eos_index``).
+        overwrite: replace an existing checkpoint directory at ``out_dir``.
 
     Returns:
         The directory written; load it with :func:`load_checkpoint`.
@@ -736,8 +751,12 @@ def convert_lightning_checkpoint(
         )
     if not src.is_file():
         raise CheckpointError(f"{src}: no such file. Pass a local Lightning .ckpt file.")
+    _check_destination(Path(out_dir), overwrite)
     ckpt = _torch_load_trusted(src)
-    model, state, notes = _lightning_network(ckpt, str(src), overrides)
+    token_ids = _pickled_tokenizer_ids(
+        ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    )
+    model, state, notes = _lightning_network(ckpt, str(src), {**token_ids, **(overrides or {})})
     weights, ema_used = _select_weights(ckpt, model, state, use_ema, str(src))
     check_inv_freq(model, notes.pop("inv_freq", None), f"{src} state_dict")
     c = model.config
@@ -772,6 +791,58 @@ def convert_lightning_checkpoint(
         (tmp / "SOURCE.txt").write_text(f"{src.name}  sha256={doc['source_sha256']}\n")
 
     return _write_dir_atomically(Path(out_dir), write)
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing non-empty ``out`` unless ``overwrite`` (and a checkpoint).
+
+    Raises:
+        CheckpointError: ``out`` exists and is not an empty directory, and either ``overwrite``
+            is false or ``out`` does not hold a ``config.json`` (then it is never replaced).
+    """
+    if not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not out.is_symlink() and not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"{out}: already exists and is not empty; pass --overwrite (overwrite=True) to "
+            "replace it, or choose another output directory."
+        )
+    if out.is_symlink() or not out.is_dir() or not (out / "config.json").is_file():
+        raise CheckpointError(
+            f"{out}: exists and is not a checkpoint directory (no config.json); it is never "
+            "replaced, even with --overwrite. Choose another output directory."
+        )
+
+
+def _pickled_tokenizer_ids(hp: Any) -> dict[str, int]:
+    """``bos_index``/``eos_index`` from the tokenizer in (unpickled) ``hyper_parameters``.
+
+    A real tokenizer object (its package is installed) answers ``bos_token_id`` and
+    ``eos_token_id``; a stubbed one is read from its pickled state. Ids that are missing or
+    not non-negative integers are left out (the known-vocabulary defaults then apply).
+    """
+    tok = None
+    if isinstance(hp, Mapping):
+        tok = hp.get("tokenizer")
+    elif isinstance(hp, _Stub) and isinstance(hp._stub_state, dict):
+        tok = hp._stub_state.get("tokenizer")
+    if tok is None:
+        return {}
+    plain = _plain(tok) if isinstance(tok, _Stub) else None
+    out = {}
+    for ours, theirs in (("bos_index", "bos_token_id"), ("eos_index", "eos_token_id")):
+        if isinstance(plain, dict):
+            v = plain.get(theirs)
+        else:
+            try:
+                v = getattr(tok, theirs, None)
+            except Exception:  # noqa: BLE001 - a trusted but odd tokenizer object
+                v = None
+        if _is_int(v) and v >= 0:
+            out[ours] = int(v)
+    return out
 
 
 class _Stub:
@@ -875,6 +946,17 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--mask-index", type=int, help="mask id (default: V - 1 or the tokenizer's)")
     p.add_argument("--block-size", type=int, help="BD3-LM block size")
     p.add_argument("--model-length", type=int, help="training length L")
+    p.add_argument(
+        "--bos-index", type=int, help="BOS id (default: the pickled tokenizer's or the vocab's)"
+    )
+    p.add_argument(
+        "--eos-index", type=int, help="EOS id (default: the pickled tokenizer's or the vocab's)"
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing checkpoint directory at OUT_DIR (refused otherwise)",
+    )
     p.set_defaults(fn=_cmd_convert)
     return p
 
@@ -886,10 +968,17 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         "mask_index": args.mask_index,
         "block_size": args.block_size,
         "model_length": args.model_length,
+        "bos_index": getattr(args, "bos_index", None),
+        "eos_index": getattr(args, "eos_index", None),
     }
     over = {k: v for k, v in over.items() if v is not None}
     out = convert_lightning_checkpoint(
-        args.src, args.out_dir, args.trust_pickle, use_ema=not args.no_ema, overrides=over
+        args.src,
+        args.out_dir,
+        args.trust_pickle,
+        use_ema=not args.no_ema,
+        overrides=over,
+        overwrite=bool(getattr(args, "overwrite", False)),
     )
     print(f"wrote {out} (config.json, model.safetensors); load it with load_checkpoint('{out}')")
     return 0
@@ -1087,6 +1176,9 @@ def _token_ids(fields_: Mapping[str, Any], V: int, probs: list[str]) -> dict[str
     out = {"mask_index": mask if mask != V - 1 else None}
     for k in ("bos_index", "eos_index", "tokenizer"):
         v = fields_.get(k)
+        if v is not None and k != "tokenizer" and (not _is_int(v) or not 0 <= v < V):
+            probs.append(f"'{k}' is {v!r}; it must be a token id in [0, {V - 1}]")
+            v = None
         out[k] = v if v is not None else known.get(k)
     return out
 
@@ -1207,7 +1299,14 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _write_dir_atomically(out: Path, write: Callable[[Path], None]) -> Path:
-    """Write into a temp sibling directory, then rename it onto ``out`` (replacing it)."""
+    """Write into a temp sibling directory, then rename it onto ``out`` (replacing it).
+
+    The previous ``out`` is first renamed aside (put back if the second rename fails) and only
+    then removed: the only tree ever deleted is what ``out`` itself was (a link or file at
+    ``out`` is unlinked, never followed).
+    """
+    if out.name in ("", ".", ".."):
+        raise CheckpointError(f"{out}: not a folder name to write a checkpoint to.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -1215,14 +1314,22 @@ def _write_dir_atomically(out: Path, write: Callable[[Path], None]) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        old.rmdir()
-        out.rename(old)
+    if not (out.exists() or out.is_symlink()):
         tmp.rename(out)
-        shutil.rmtree(old)
+        return out
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
+    old.rmdir()
+    out.rename(old)
+    try:
+        tmp.rename(out)
+    except BaseException:
+        old.rename(out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old.is_symlink() or not old.is_dir():
+        old.unlink()
     else:
-        tmp.rename(out)
+        shutil.rmtree(old)
     return out
 
 

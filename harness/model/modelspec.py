@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from harness.model import checkpoints
-from harness.model.network import MODEL_SIZES, DiT, DiTConfig, deterministic_init
+from harness.model.config import MODEL_SIZES, DiTConfig
+
+if TYPE_CHECKING:
+    from harness.model.network import DiT
 
 RANDOM_PREFIX = "random:"
 
@@ -30,6 +32,8 @@ def random_config(
     Raises:
         ValueError: unknown size (with did-you-mean) or an invalid resulting config.
     """
+    from harness.model import checkpoints
+
     if size not in MODEL_SIZES:
         raise ValueError(MODEL_SIZES.unknown_message(size))
     ids = {k: v for k, v in checkpoints.random_special_ids(vocab_size).items() if k != "tokenizer"}
@@ -42,6 +46,8 @@ def random_config(
 
 def _loader() -> Any:
     """The checkpoint loader: ``load_checkpoint`` (every format) where present, else ours."""
+    from harness.model import checkpoints
+
     return checkpoints.load_checkpoint
 
 
@@ -85,6 +91,8 @@ def load_model(
     Returns:
         The model and its provenance (source, format, SHA-256 where known).
     """
+    from harness.model.network import DiT, deterministic_init
+
     if is_random(path):
         model = deterministic_init(DiT(cfg), seed=init_seed)
         prov: dict[str, Any] = {"source": path, "format": "random", "init_seed": init_seed}

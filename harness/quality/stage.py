@@ -17,10 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import torch
 
 from harness.quality.evaluators import decode_ids, load_evaluator, load_text_tokenizer
 from harness.quality.metrics import PROTOCOLS, entropy_summary, generative_perplexity, mauve_score
-from harness.results import atomic_write, load_results, load_samples, resolve_run
+from harness.results import (
+    atomic_write,
+    load_results,
+    load_samples,
+    move_aside,
+    read_quality_shard,
+    resolve_run,
+)
 
 
 def evaluator_slug(name: str) -> str:
@@ -61,7 +69,9 @@ def score_cell(
             "quality_status": "skipped: the model names no tokenizer file "
             "(random-weight timing cells have no text)",
         }
-    tokens = load_samples(run_dir, row["cell_id"])
+    tokens = read_samples(run_dir, row)
+    if isinstance(tokens, str):
+        return {**out, "quality_status": tokens}
     mask_id = cfg["mask_index"] if cfg.get("mask_index") is not None else cfg["vocab_size"] - 1
     if bool((tokens == mask_id).any()):
         return {**out, "quality_status": "skipped: samples still hold mask tokens"}
@@ -79,6 +89,46 @@ def score_cell(
     return out
 
 
+def read_samples(run_dir: Path, row: pd.Series) -> torch.Tensor | str:
+    """The cell's saved token ids, or the ``quality_status`` saying why there are none.
+
+    ``skipped: ...`` when the cell saved no samples or the file is missing; ``error: ...`` when
+    the file cannot be read (corrupt, cut short) or is not ``(b, L)`` integer ids.
+    """
+    rel = f"samples/{row['cell_id']}.pt"
+    saved = row.get("samples_file")
+    if not isinstance(saved, str) or not saved:
+        return (
+            f"skipped: the cell saved no samples ({rel}); run it with timing.save_samples: true "
+            "(and timing.mode: full), then rerun dlmbench quality"
+        )
+    if not (run_dir / rel).exists():
+        return f"skipped: the samples file {rel} is missing; re-run the cell to save it again"
+    try:
+        tokens = load_samples(run_dir, row["cell_id"])
+    except Exception as e:  # noqa: BLE001 -- a corrupt file is this cell's problem only
+        return f"error: the samples file {rel} cannot be read ({type(e).__name__}: {e})"
+    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2 or tokens.is_floating_point():
+        what = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        return f"error: the samples file {rel} holds {what}, not (b, L) integer token ids"
+    return tokens
+
+
+def score_or_record(
+    row: pd.Series, run_dir: Path, evaluator: Any, protocol_name: str, reference_features: Any
+) -> dict[str, Any]:
+    """:func:`score_cell`, or a row whose ``quality_status`` is the error (the run goes on)."""
+    try:
+        return score_cell(row, run_dir, evaluator, protocol_name, reference_features)
+    except Exception as e:  # noqa: BLE001 -- one cell that cannot be scored spares the others
+        return {
+            "cell_id": row["cell_id"],
+            "evaluator": evaluator.name,
+            "gen_ppl_protocol": protocol_name,
+            "quality_status": f"error: {type(e).__name__}: {e}",
+        }
+
+
 def score_run(
     run: str | Path,
     evaluator_spec: str,
@@ -89,6 +139,10 @@ def score_run(
     device: str = "cpu",
 ) -> pd.DataFrame:
     """Score every finished full-mode cell of a run; returns the quality rows written.
+
+    A cell that cannot be scored (no samples saved, a missing or corrupt samples file, an
+    evaluator error) gets a row whose ``quality_status`` says why (``skipped: ...`` or
+    ``error: ...``); the other cells are scored all the same.
 
     Args:
         run: run folder, run id or experiment name.
@@ -113,10 +167,13 @@ def score_run(
     rows = []
     for _, row in todo.iterrows():
         path = run_dir / "quality" / f"{row['cell_id']}__{slug}.parquet"
-        if path.exists() and not force:
-            rows.append(pd.read_parquet(path).iloc[0].to_dict())
+        old = read_quality_shard(path) if path.exists() and not force else None
+        if old is not None and len(old):
+            rows.append(old.iloc[0].to_dict())
             continue
-        rec = score_cell(row, run_dir, evaluator, protocol, ref)
+        if path.exists() and not force:  # unreadable: keep it for inspection, score again
+            move_aside(path, "re-scoring the cell")
+        rec = score_or_record(row, run_dir, evaluator, protocol, ref)
         frame = pd.DataFrame([rec])
         atomic_write(path, lambda p, f=frame: f.to_parquet(p, index=False))
         rows.append(rec)
@@ -126,7 +183,7 @@ def score_run(
 def load_quality(run_dir: str | Path, evaluator: str | None = None) -> pd.DataFrame:
     """The quality shards of a run (optionally of one evaluator name), one row per shard."""
     files = sorted((Path(run_dir) / "quality").glob("*.parquet"))
-    frames = [pd.read_parquet(f) for f in files]
+    frames = [f for f in (read_quality_shard(p) for p in files) if f is not None]
     if not frames:
         return pd.DataFrame(columns=["cell_id", "evaluator"])
     q = pd.concat(frames, ignore_index=True)

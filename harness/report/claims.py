@@ -15,8 +15,12 @@
 Our runs rarely use the paper's L or batch (a CPU cannot run DiT-small at L = 8192). Claims are
 then mapped by *role*: the paper lengths of a table are matched in order to the run's lengths
 (e.g. 2048 → 128, 8192 → 512 in the CPU-scaled Table 11), and likewise batch sizes, and the
-report says so in ``mapping``. BD3-LM claims are listed once per cache implementation present
-(``reference`` = faithful to kuleshov-group/bd3lms, ``efficient`` = fair).
+report says so in ``mapping``. A claim is listed once per variant of the run's cells
+(:func:`pair_cells`): BD3-LM once per cache implementation present (``reference`` = faithful to
+kuleshov-group/bd3lms, ``efficient`` = fair), and the two cells of every ratio agree on each
+parameter that varies and is not the claim's axis. The measured ratio's 95 % CI is shown only
+when both cells have at least :data:`MIN_CI_REPEATS` repeats; ``nfe_check`` compares our NFE per
+token with the paper's where the published row gives an NFE.
 """
 
 from __future__ import annotations
@@ -146,17 +150,142 @@ def _side(df: pd.DataFrame, sampler: str, params: dict, seq_len: int, batch: int
     return sel[sel.apply(lambda r: _matches(r, sampler, params), axis=1)] if len(sel) else sel
 
 
-def _variants(rows: pd.DataFrame) -> list[tuple[str, pd.Series]]:
-    """One (variant label, row) per cache implementation (BD3-LM) or the single row."""
-    out = []
+IDENTITY_DIMS = ("model_size", "checkpoint", "dtype", "timing_mode", "device")
+"""Non-``p_*`` columns that must also agree between the two cells of a ratio when they vary."""
+
+MIN_CI_REPEATS = 3
+"""Timed repeats each cell needs before the report shows a 95 % CI (the paper configs use 3)."""
+
+NFE_TOLERANCE = 0.05
+"""Relative band within which our NFE per token matches the paper's (``nfe_check``)."""
+
+
+def _norm(v: Any) -> Any:
+    """A cell value as a hashable, comparable key (NaN and None → None; 4.0 → 4)."""
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return None
+    if isinstance(v, bool | np.bool_):
+        return bool(v)
+    if isinstance(v, int | float | np.integer | np.floating):
+        f = float(v)
+        return int(f) if f.is_integer() else f
+    return str(v)
+
+
+def _dims(rows: pd.DataFrame) -> list[str]:
+    """The ``p_*`` (and identity) columns that take more than one value among ``rows``."""
+    cols = [c for c in rows.columns if c.startswith("p_")] + [
+        c for c in IDENTITY_DIMS if c in rows.columns
+    ]
+    return sorted(c for c in cols if len({_norm(v) for v in rows[c]}) > 1)
+
+
+def _has(rows: pd.DataFrame, col: str) -> bool:
+    """Whether every one of ``rows`` states ``col`` (the sampler has that parameter)."""
+    return col in rows.columns and all(_norm(v) is not None for v in rows[col])
+
+
+def _axis(num_b: pd.Series, den_b: pd.Series) -> set[str]:
+    """The claim's own axis: ``p_*`` values both published rows state, and state differently."""
+    return {
+        k
+        for k in num_b.index
+        if k.startswith("p_")
+        and not pd.isna(num_b[k])
+        and k in den_b.index
+        and not pd.isna(den_b[k])
+        and _norm(num_b[k]) != _norm(den_b[k])
+    }
+
+
+def _groups(rows: pd.DataFrame, keys: list[str]) -> list[tuple[dict[str, Any], pd.DataFrame]]:
+    """``rows`` grouped by their values of ``keys`` (in run order); seeds pool in one group."""
+    out: dict[tuple, pd.DataFrame] = {}
     for _, r in rows.iterrows():
-        p = _params(r["cell_config"])
-        label = p.get("cache") or ("kv_cache" if p.get("kv_cache", True) else "no_cache")
-        out.append((str(label), r))
-    seen: dict[str, pd.Series] = {}
-    for label, r in out:
-        seen.setdefault(label, r)  # first seed / repeat group per variant
-    return list(seen.items())
+        k = tuple(_norm(r[c]) for c in keys)
+        out[k] = pd.concat([out[k], r.to_frame().T]) if k in out else r.to_frame().T
+    return [(dict(zip(keys, k, strict=True)), g) for k, g in out.items()]
+
+
+def _label(shared: dict[str, Any], num_only: dict[str, Any], den_only: dict[str, Any]) -> str:
+    """A variant label: the numerator's values, then the denominator's own (``den k=v``).
+
+    ``cache`` shows by its value alone (``reference`` / ``efficient``), others as ``k=v``.
+    """
+
+    def fmt(d: dict[str, Any], prefix: str = "") -> list[str]:
+        return [
+            str(v) if k == "p_cache" and not prefix else f"{prefix}{k.removeprefix('p_')}={v}"
+            for k, v in d.items()
+        ]
+
+    return "; ".join(fmt({**shared, **num_only}) + fmt(den_only, "den "))
+
+
+def pair_cells(
+    num_rows: pd.DataFrame, den_rows: pd.DataFrame, axis: set[str] = frozenset()
+) -> list[dict[str, Any]]:
+    """Pair the numerator's cells with the denominator's, on every parameter that varies.
+
+    A column (a ``p_*`` parameter, or one of :data:`IDENTITY_DIMS`) that is not the claim's own
+    ``axis`` pairs the cells when both samplers have it and it takes more than one value over
+    the two sides' cells (e.g. ``cache`` for BD3-LM over BD3-LM): the two cells must agree on it,
+    and a value on one side only is returned unpaired (``den`` or ``num`` None), never divided
+    by another variant. A column only one side has that varies among that side's cells
+    (BD3-LM's ``cache`` against Eso-LM, Eso-LM's ``kv_cache``, an ``alpha0_eval`` the paper row
+    leaves empty) makes each of its values its own variant, crossed with the other side's.
+    Cells that differ only by seed are pooled.
+
+    Returns:
+        One dict per variant: ``label``, ``num`` and ``den`` (a DataFrame of pooled cells, or
+        None when unpaired).
+    """
+    both = pd.concat([num_rows, den_rows])
+    shared = [d for d in _dims(both) if d not in axis and _has(num_rows, d) and _has(den_rows, d)]
+    num_only = [d for d in _dims(num_rows) if d not in axis and d not in shared]
+    den_only = [d for d in _dims(den_rows) if d not in axis and d not in shared]
+    num_g = _groups(num_rows, shared + num_only)
+    den_g = _groups(den_rows, shared + den_only)
+    out = []
+    for nk, ng in num_g:
+        nsh = {d: nk[d] for d in shared}
+        matches = [(dk, dg) for dk, dg in den_g if all(dk[d] == nsh[d] for d in shared)]
+        for dk, dg in matches:
+            lbl = _label(nsh, {d: nk[d] for d in num_only}, {d: dk[d] for d in den_only})
+            out.append({"label": lbl, "num": ng, "den": dg})
+        if not matches:
+            out.append({"label": _label(nsh, {d: nk[d] for d in num_only}, {}), "num": ng})
+    for dk, dg in den_g:
+        dsh = {d: dk[d] for d in shared}
+        if not any(all(nk[d] == dsh[d] for d in shared) for nk, _ in num_g):
+            out.append({"label": _label(dsh, {}, {d: dk[d] for d in den_only}), "den": dg})
+    return out
+
+
+def _walls(cells: pd.DataFrame) -> list[float]:
+    """Every timed repeat of the (pooled) cells: the concatenated ``wall_s_all`` lists."""
+    out: list[float] = []
+    for v in cells["wall_s_all"]:
+        out.extend(json.loads(v) if isinstance(v, str) else list(v))
+    return [float(x) for x in out]
+
+
+def nfe_check(ours: pd.DataFrame, paper: pd.Series, our_L: int) -> tuple[str, float, float]:
+    """Our NFE per token vs the paper's, where the published row states an NFE.
+
+    The paper's NFE is compared in the results column its ``nfe_kind`` names, per token
+    (NFE / L), since a scaled run's L differs from the paper's.
+
+    Returns:
+        (verdict, ours per token, paper's per token); verdict ``""`` when the paper gives none.
+    """
+    kind, nfe = paper.get("nfe_kind"), paper.get("nfe")
+    if kind is None or pd.isna(kind) or pd.isna(nfe) or kind not in ours.columns:
+        return "", math.nan, math.nan
+    mine = float(pd.to_numeric(ours[kind], errors="coerce").mean()) / our_L
+    theirs = float(nfe) / float(paper["seq_len"])
+    ok = math.isfinite(mine) and abs(mine / theirs - 1) <= NFE_TOLERANCE
+    return ("match" if ok else "mismatch"), mine, theirs
 
 
 def claims_table(run: str | Path) -> pd.DataFrame:
@@ -214,31 +343,61 @@ def _claim_records(c, df, base, Lmap, Bmap) -> list[dict[str, Any]]:
     if num_rows.empty or den_rows.empty:
         missing = num_b["sampler"] if num_rows.empty else den_b["sampler"]
         return [{**rec, "status": f"not measured: no ok cell for {missing} at the mapped L/b"}]
-    den_label, den = _variants(den_rows)[0]
+    hw = str(c["hardware"])
     out = []
-    for label, num in _variants(num_rows):
-        r = {**rec, "variant": label if num_b["sampler"] == "bd3lm" else ""}
-        r["measured"] = num["wall_s"] / den["wall_s"]
-        r["ci_lo"], r["ci_hi"] = bootstrap_ratio_ci(
-            list(num["wall_s_all"]), list(den["wall_s_all"])
-        )
-        r["predicted_here"] = num["predicted_s"] / den["predicted_s"]
-        hw = str(c["hardware"])
-        try:
-            L_n, b_n = int(num_b["seq_len"]), int(num_b["batch_size"])
-            L_d, b_d = int(den_b["seq_len"]), int(den_b["batch_size"])
-            s_num, f_num = paper_prediction(num, L_n, b_n, hw)
-            s_den, f_den = paper_prediction(den, L_d, b_d, hw)
-            r["predicted_paper"] = s_num / s_den
-            # What the published times imply: effective TFLOP/s of each side on the paper's GPU.
-            r["paper_tflops_num"] = f_num / float(num_b["wall_s_mean"]) / 1e12
-            r["paper_tflops_den"] = f_den / float(den_b["wall_s_mean"]) / 1e12
-        except (ValueError, KeyError, TypeError) as e:
-            r["predicted_paper"], r["paper_note"] = math.nan, f"{type(e).__name__}: {e}"
-        r.update(verdicts(r))
-        r["status"] = "ok"
-        out.append(r)
+    for pair in pair_cells(num_rows, den_rows, _axis(num_b, den_b)):
+        r = {**rec, "variant": pair["label"]}
+        num, den = pair.get("num"), pair.get("den")
+        if num is None or den is None:
+            side = "denominator" if den is None else "numerator"
+            r["status"] = f"unpaired: no {side} cell of this variant"
+            out.append(r)
+            continue
+        out.append(_pair_record(r, num, den, num_b, den_b, L_num, L_den, hw))
     return out
+
+
+def _pair_record(r, num, den, num_b, den_b, L_num, L_den, hw) -> dict[str, Any]:
+    """The measured, predicted and NFE columns of one (numerator, denominator) cell pair."""
+    a, b = _walls(num), _walls(den)
+    r["n_num"], r["n_den"] = len(a), len(b)
+    r["measured"] = float(np.median(a) / np.median(b))
+    if min(len(a), len(b)) >= MIN_CI_REPEATS:
+        r["ci_lo"], r["ci_hi"] = bootstrap_ratio_ci(a, b)
+        r["ci_note"] = ""
+    else:
+        r["ci_lo"] = r["ci_hi"] = math.nan
+        r["ci_note"] = f"n<{MIN_CI_REPEATS}, no CI"
+    r["predicted_here"] = float(num["predicted_s"].astype(float).mean()) / float(
+        den["predicted_s"].astype(float).mean()
+    )
+    checks = [nfe_check(num, num_b, L_num), nfe_check(den, den_b, L_den)]
+    if any(v for v, _, _ in checks):
+        r["nfe_check"] = (
+            ("mismatch" if any(v == "mismatch" for v, _, _ in checks) else "match")
+            + " ("
+            + ", ".join(
+                f"{side} {m:.3g}·L vs {t:.3g}·L"
+                for side, (v, m, t) in zip(("num", "den"), checks, strict=True)
+                if v
+            )
+            + ")"
+        )
+    try:
+        first_num, first_den = num.iloc[0], den.iloc[0]
+        L_n, b_n = int(num_b["seq_len"]), int(num_b["batch_size"])
+        L_d, b_d = int(den_b["seq_len"]), int(den_b["batch_size"])
+        s_num, f_num = paper_prediction(first_num, L_n, b_n, hw)
+        s_den, f_den = paper_prediction(first_den, L_d, b_d, hw)
+        r["predicted_paper"] = s_num / s_den
+        # What the published times imply: effective TFLOP/s of each side on the paper's GPU.
+        r["paper_tflops_num"] = f_num / float(num_b["wall_s_mean"]) / 1e12
+        r["paper_tflops_den"] = f_den / float(den_b["wall_s_mean"]) / 1e12
+    except (ValueError, KeyError, TypeError) as e:
+        r["predicted_paper"], r["paper_note"] = math.nan, f"{type(e).__name__}: {e}"
+    r.update(verdicts(r))
+    r["status"] = "ok"
+    return r
 
 
 def _row_params(b: pd.Series) -> dict[str, Any]:
@@ -272,6 +431,8 @@ COLUMNS = [
     "measured",
     "ci_lo",
     "ci_hi",
+    "ci_note",
+    "nfe_check",
     "predicted_here",
     "model_here",
     "predicted_paper",
@@ -303,7 +464,16 @@ def write_report(run: str | Path, out: str | Path | None = None) -> tuple[Path, 
         "published band (spec-sheet roofline plus a per-call overhead inferred from the AR "
         "row). paper_tflops_*: the effective TFLOP/s the published times imply for each side "
         "(analytic FLOPs / published seconds); a side far below the GPU's peak explains a "
-        "ratio the roofline cannot.\n\n" + to_markdown(table)
+        "ratio the roofline cannot.\n\n"
+        "Pairing: the two cells of a ratio agree on every parameter that varies in the run and "
+        "is not the claim's own axis (e.g. BD3-LM cache over BD3-LM cache); a variant present "
+        "on one side only is listed as unpaired, never divided; a parameter only one side has "
+        "(BD3-LM's cache against Eso-LM, Eso-LM's kv_cache) gives one row per value (variant, "
+        "`den k=v` for the denominator's). measured: median of every repeat (numerator) / "
+        f"median (denominator); ci_lo/ci_hi: bootstrap 95 % CI, shown only when each cell has "
+        f"≥ {MIN_CI_REPEATS} repeats (ci_note says otherwise). nfe_check: our NFE per token vs "
+        "the published row's (NFE / L, in the column its nfe_kind names, "
+        f"±{NFE_TOLERANCE:.0%}), where the paper states one.\n\n" + to_markdown(table)
     )
     p_md = atomic_write(dest / "claims.md", lambda p: p.write_text(md))
     p_csv = atomic_write(dest / "claims.csv", lambda p: table.to_csv(p, index=False))

@@ -121,7 +121,7 @@ def run_one_cell(
             ctx.oom[cell.group_id] = smallest
         row = runner.run_cell(cell, ctx)
         row.update(worker_columns(executor))
-        results.write_shard(run_dir, row)
+        row = runner.store_row(cell, ctx, row)
     finally:
         release(run_dir, cell.cell_id)
     return row["status"]
@@ -142,16 +142,22 @@ def skip_after_oom(task: CellTask) -> dict[str, Any] | None:
     ctx.oom[task.cell.group_id] = smallest
     row = runner.run_cell(task.cell, ctx)
     row.update(worker_columns(task.executor))
-    results.write_shard(run_dir, row)
-    return row
+    return runner.store_row(task.cell, ctx, row)
 
 
 def is_finished(run_dir: Path, cell_id: str, retry_failed: bool = False) -> bool:
-    """Whether ``cell_id`` has a shard (with ``retry_failed``: a shard with status ok)."""
+    """Whether ``cell_id`` has a shard (with ``retry_failed``: a shard with status ok).
+
+    An unreadable shard is moved aside (:func:`harness.results.move_aside`): not finished.
+    """
     path = run_dir / "cells" / f"{cell_id}.parquet"
     if not path.exists():
         return False
-    return not retry_failed or results.read_shard(path, ["status"])["status"] == "ok"
+    row = results.try_read_shard(path, ["status"])
+    if isinstance(row, results.ShardProblem):
+        results.move_aside(path, row)
+        return False
+    return not retry_failed or row["status"] == "ok"
 
 
 def worker_context(cell: Cell, run_dir: Path) -> Any:
@@ -168,14 +174,17 @@ def worker_context(cell: Cell, run_dir: Path) -> Any:
 
 
 def smallest_oom(run_dir: Path, cell_ids: Iterable[str]) -> int | None:
-    """The smallest batch among the given cells' shards whose status is ``oom`` (or None)."""
+    """The smallest batch among the given cells' shards whose status is ``oom`` (or None).
+
+    Unreadable shards are passed over (their cells count as not yet measured).
+    """
     out = None
     for cid in cell_ids:
         path = run_dir / "cells" / f"{cid}.parquet"
         if not path.exists():
             continue
-        row = results.read_shard(path, ["status", "batch_size"])
-        if row["status"] == "oom":
+        row = results.try_read_shard(path, ["status", "batch_size"])
+        if isinstance(row, dict) and row["status"] == "oom":
             out = row["batch_size"] if out is None else min(out, row["batch_size"])
     return out
 
@@ -221,7 +230,10 @@ def record_crash(task: CellTask, returncode: int, log: Path | None) -> dict[str,
     run_dir = Path(task.run_dir)
     shard = run_dir / "cells" / f"{task.cell_id}.parquet"
     if shard.exists():
-        return results.read_shard(shard)
+        row = results.try_read_shard(shard)
+        if isinstance(row, dict):
+            return row
+        results.move_aside(shard, row)
     how = f"code {returncode}"
     if returncode < 0:
         with contextlib.suppress(ValueError):
@@ -236,7 +248,7 @@ def record_crash(task: CellTask, returncode: int, log: Path | None) -> dict[str,
     ctx = runner.RunContext(run_dir, run_dir.name, None, None)
     row = runner.identity_columns(task.cell, ctx, "error", msg)
     row.update(worker_columns(task.executor, pid=None))
-    results.write_shard(run_dir, row)
+    row = runner.store_row(task.cell, ctx, row)
     remove_stale_marker(run_dir, task.cell_id)
     return row
 
@@ -412,8 +424,9 @@ STATES = ("done", "skipped", "failed", "running", "pending")
 def cell_states(run_dir: str | Path, cells: Sequence[Cell]) -> list[dict[str, Any]]:
     """Each cell's state: done, skipped, failed, running or pending.
 
-    ``done``: a shard with status ok; ``skipped``; ``failed``: error or oom; ``running``: no shard
-    and a live marker; ``pending``: no shard, and no marker or a stale one.
+    ``done``: a shard with status ok; ``skipped``; ``failed``: error or oom, or an unreadable
+    shard (named in a warning on stderr); ``running``: no shard and a live marker; ``pending``:
+    no shard, and no marker or a stale one.
 
     Returns:
         One dict per cell in sweep order: ``cell_id, label, seq_len, batch_size, seed, state,
@@ -424,8 +437,7 @@ def cell_states(run_dir: str | Path, cells: Sequence[Cell]) -> list[dict[str, An
     squeue = squeue_states(m.get("slurm_job_id") for m in markers.values() if m)
     out = []
     for c in cells:
-        shard = run_dir / "cells" / f"{c.cell_id}.parquet"
-        row = results.read_shard(shard, ["status", "error"]) if shard.exists() else None
+        row = _status_row(run_dir / "cells" / f"{c.cell_id}.parquet")
         info = markers.get(c.cell_id)
         entry = {
             "cell_id": c.cell_id, "label": c.label, "seq_len": c.seq_len,
@@ -444,6 +456,18 @@ def cell_states(run_dir: str | Path, cells: Sequence[Cell]) -> list[dict[str, An
             entry["state"] = "pending"
         out.append(entry)
     return out
+
+
+def _status_row(shard: Path) -> dict[str, Any] | None:
+    """A shard's status and error; an unreadable shard is an ``error`` (warned, not moved)."""
+    if not shard.exists():
+        return None
+    row = results.try_read_shard(shard, ["status", "error"])
+    if isinstance(row, results.ShardProblem):
+        msg = results.corrupt_message(shard, row)
+        results.warn(f"cell {shard.stem}: {msg}.")
+        return {"status": "error", "error": msg}
+    return row
 
 
 def _marker_paths(run_dir: Path) -> list[Path]:

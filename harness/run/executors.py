@@ -73,6 +73,9 @@ def run_local(
 ) -> Path:
     """The ``local`` executor: the pending cells here, in order, in this process.
 
+    The run's lock (:func:`harness.results.run_lock`) is held from preparing the folder to the
+    last cell: a second run of the same folder on this machine waits (and says so).
+
     Args:
         exp: a validated experiment.
         cells: its cells (:func:`harness.run.experiment.expand_cells`).
@@ -84,10 +87,19 @@ def run_local(
     Returns:
         The run folder.
     """
-    ctx, done = runner.prepare_run(exp, cells, run_id)
-    pending = runner.pending_cells(cells, done, retry_failed)
-    if retry_failed:
-        ctx.oom.clear()
+    with results.run_lock(Path(exp.output_dir) / (run_id or run_id_for(exp, cells))):
+        ctx, done = runner.prepare_run(exp, cells, run_id)
+        pending = runner.pending_cells(cells, done, retry_failed)
+        if retry_failed:
+            ctx.oom.clear()
+        _sweep_here(pending, ctx, progress, on_row)
+    return ctx.run_dir
+
+
+def _sweep_here(
+    pending: Sequence[Cell], ctx: runner.RunContext, progress: bool, on_row: OnRow
+) -> None:
+    """Run and store each pending cell in order; a failing cell or row never ends the sweep."""
     bar = tqdm(pending, desc=ctx.run_id, unit="cell", disable=not progress, file=sys.stderr)
     # Long-lived objects (modules, the model) move to the permanent generation, so the
     # gc.collect before each cell only scans what the cells create (0.2 s → ms on a big heap).
@@ -96,8 +108,7 @@ def run_local(
     try:
         for cell in bar:
             bar.set_postfix_str(f"{cell.label} L={cell.seq_len} b={cell.batch_size} s={cell.seed}")
-            row = runner.run_cell(cell, ctx)
-            results.write_shard(ctx.run_dir, row)
+            row = runner.store_row(cell, ctx, runner.run_cell(cell, ctx))
             if row["status"] != "ok":
                 where = f"{cell.label} L={cell.seq_len} b={cell.batch_size} seed={cell.seed}"
                 bar.write(f"[{row['status']}] {where}: {row['error']}", file=sys.stderr)
@@ -105,7 +116,6 @@ def run_local(
                 on_row(row)
     finally:
         gc.unfreeze()
-    return ctx.run_dir
 
 
 def run_parallel(
@@ -120,14 +130,19 @@ def run_parallel(
     """The ``local-multi`` and ``slurm`` executors: each pending cell in a fresh process.
 
     Args and return value as :func:`run_local`; ``on_row`` sees each row written by this
-    session (when its cell finishes).
+    session (when its cell finishes). ``local-multi`` holds the run's lock for its whole sweep
+    (its slots share this machine's cores); ``slurm`` only while preparing the folder (its cells
+    run elsewhere and coordinate through their markers).
     """
-    run_dir, done = prepare_shared_run(exp, cells, run_id)
-    pending = runner.pending_cells(cells, done, retry_failed)
-    tasks = cell_tasks(cells, pending, run_dir, retry_failed, exp.executor.kind)
-    if exp.executor.kind == "local-multi":
-        run_local_multi(tasks, device_slots(exp), run_dir, progress=progress, on_row=on_row)
-    else:
+    local = exp.executor.kind == "local-multi"
+    lock_dir = Path(exp.output_dir) / (run_id or run_id_for(exp, cells))
+    with results.run_lock(lock_dir) if local else contextlib.nullcontext():
+        run_dir, done = prepare_shared_run(exp, cells, run_id)
+        pending = runner.pending_cells(cells, done, retry_failed)
+        tasks = cell_tasks(cells, pending, run_dir, retry_failed, exp.executor.kind)
+        if local:
+            run_local_multi(tasks, device_slots(exp), run_dir, progress=progress, on_row=on_row)
+    if not local:
         run_slurm(exp, tasks, run_dir, progress=progress, on_row=on_row)
     return run_dir
 
@@ -373,9 +388,8 @@ def _settle(slot: Slot, queue: CellQueue, run_dir: Path, bar: tqdm, on_row: OnRo
         queue.away(task)
         return
     shard = run_dir / "cells" / f"{task.cell_id}.parquet"
-    if rc == EXIT_OK and shard.exists():
-        row = results.read_shard(shard)
-    else:
+    row = results.try_read_shard(shard) if rc == EXIT_OK and shard.exists() else None
+    if not isinstance(row, dict):  # no shard, or an unreadable one (moved aside there)
         row = cellrun.record_crash(task, rc, log_path(run_dir, task.cell_id))
     queue.finish(task)
     bar.update()
@@ -606,7 +620,7 @@ def wait_jobs(
                 if cid not in seen and shard.exists():
                     seen.add(cid)
                     bar.update()
-                    _report(results.read_shard(shard), bar, on_row)
+                    _report(_shard_row(shard), bar, on_row)
             if over:
                 break
             time.sleep(SLURM_POLL_S if cluster == "slurm" else POLL_S)
@@ -615,6 +629,18 @@ def wait_jobs(
     for job, err in failures or [(j, _job_error(j)) for j in jobs]:
         if err is not None:
             print(f"array task {job.job_id} failed: {err}; see {job.paths.stderr}", file=sys.stderr)
+
+
+def _shard_row(shard: Path) -> dict[str, Any]:
+    """A shard's row; an unreadable one as an ``error`` row naming it (left in place)."""
+    row = results.try_read_shard(shard)
+    if isinstance(row, results.ShardProblem):
+        return {
+            "cell_id": shard.stem,
+            "status": "error",
+            "error": results.corrupt_message(shard, row),
+        }
+    return row
 
 
 def _run_debug(job: Any) -> tuple[Any, BaseException] | None:
@@ -653,9 +679,13 @@ def cells_of_run(run_dir: str | Path) -> tuple[list[Cell], list[str]]:
 
     The device is not required to exist here (status is often read on a login node).
     """
-    import yaml
+    from dlmcore.configio import ConfigError
+    from dlmcore.yamlio import load_yaml_file
 
-    raw = yaml.safe_load((Path(run_dir) / "config.yaml").read_text()) or {}
+    try:
+        raw = load_yaml_file(Path(run_dir) / "config.yaml") or {}
+    except ConfigError as e:
+        return [], e.problems
     raw.pop("run_id", None)
     exp, problems = collect(Experiment, normalise(raw))
     if exp is None:

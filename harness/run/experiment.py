@@ -13,7 +13,7 @@ The YAML repeats the frozen dataclasses below field for field::
     batch_sizes: [1, 2]
     seeds: [0]
     device: cpu
-    dtype: float32                    # bfloat16 = autocast
+    dtype: float32                    # bfloat16 = autocast (GPU devices only)
     timing: {mode: full, repeats: 5, warmup: 1}
 
 A list value under ``params`` is a grid axis (cartesian product with the other axes); a ``zip``
@@ -27,12 +27,14 @@ resume. Labels and the order of YAML keys and lists do not enter the hash.
 
 from __future__ import annotations
 
+import collections
 import contextvars
 import copy
 import dataclasses
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import types
@@ -43,18 +45,34 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
-import yaml
-
-from dlmcore.configio import ConfigError, coerce, collect, parse_scalar, to_dict
+from dlmcore.configio import (
+    INT64_MAX,
+    ConfigError,
+    coerce,
+    collect,
+    key_text,
+    parse_scalar,
+    to_dict,
+)
+from dlmcore.errors import short_repr
 from dlmcore.registry import did_you_mean
+from dlmcore.yamlio import load_yaml_file
 from harness.model import modelspec
-from harness.model.network import DiTConfig
+from harness.model.config import DiTConfig
 from samplers.base import SAMPLERS, SamplerError, check_family
 
 CELL_SCHEMA = 1
 """Version of the resolved-cell layout that is hashed; bump it when the layout changes."""
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+MAX_NAME_CHARS = 100
+"""Longest run name, sampler label or run id (a run folder is ``<name>-<hash>``)."""
+MAX_SIZE = 2**31 - 1
+"""Upper bound of lengths, batch sizes, repeats and other counts (int32, as torch sizes)."""
+MAX_SEED = INT64_MAX
+"""Seeds lie in ``0 … 2**63 - 1`` (``torch.manual_seed`` and an int64 column take them)."""
+MAX_CELLS = 10_000
+"""Default :attr:`Experiment.max_cells`."""
 DEVICE_RE = re.compile(r"^(cpu|mps|cuda(:\d+)?)$")
 
 
@@ -85,15 +103,16 @@ class CheckpointSpec:
         """Missing paths, unknown sizes, misplaced or invalid fields."""
         if not self.is_random:
             out = []
-            if not Path(self.path).exists():
+            if not _exists(self.path):
                 out.append(
-                    f"checkpoint path '{self.path}' does not exist. Give an existing checkpoint "
-                    f"directory, or 'random:<size>' (dlmbench ls checkpoints)."
+                    f"checkpoint path '{key_text(self.path, 240)}' does not exist. Give an "
+                    "existing checkpoint directory, or 'random:<size>' (dlmbench ls checkpoints)."
                 )
             if self.vocab_size is not None or self.model:
                 out.append(
-                    f"'vocab_size'/'model' apply to random: specs only; '{self.path}' is a path "
-                    "(its checkpoint defines them). Remove them."
+                    "'vocab_size'/'model' apply to random: specs only; "
+                    f"'{key_text(self.path, 240)}' is a path (its checkpoint defines them). "
+                    "Remove them."
                 )
             return out
         return self._random_problems()
@@ -104,21 +123,30 @@ class CheckpointSpec:
         try:
             modelspec.random_config(size, "mdlm", self.vocab_size or 8, {})
         except ValueError as e:
-            out.append(f"'{self.path}': {e}")
-        if self.vocab_size is None or self.vocab_size < 2:
+            out.append(f"'{key_text(self.path, 240)}': {e}")
+        if self.vocab_size is None or not 2 <= self.vocab_size <= MAX_SIZE:
             out.append(
-                f"'vocab_size' is {self.vocab_size}; a '{self.path}' spec needs an integer >= 2 "
-                "(it includes the mask token), e.g. vocab_size: 64."
+                f"'vocab_size' is {self.vocab_size}; a '{key_text(self.path, 240)}' spec needs an "
+                f"integer in 2 … {MAX_SIZE} (it includes the mask token), e.g. vocab_size: 64."
             )
+        out += bound_problems("init_seed", self.init_seed, 0, MAX_SEED)
         names = [f.name for f in dataclasses.fields(DiTConfig) if f.name not in ("family",)]
         for key in self.model:
             if key not in names or key == "vocab_size":
                 out.append(
-                    f"unknown model field '{key}'.{did_you_mean(key, names)} Allowed: "
+                    f"unknown model field '{key_text(key)}'.{did_you_mean(key, names)} Allowed: "
                     f"{', '.join(n for n in names if n != 'vocab_size')} (family comes from the "
                     "sampler, vocab_size from 'vocab_size')."
                 )
         return out
+
+
+def _exists(path: str) -> bool:
+    """``Path(path).exists()``, false for names the OS refuses (too long, NUL bytes)."""
+    try:
+        return Path(path).exists()
+    except (OSError, ValueError):
+        return False
 
 
 @dataclass(frozen=True)
@@ -144,27 +172,76 @@ class SamplerSpec:
         """The results label: ``name`` or the registry name."""
         return self.name or self.sampler
 
+    @property
+    def where(self) -> str:
+        """The label as messages quote it (a hostile label is cut short)."""
+        return key_text(self.label)
+
     def problems(self) -> list[str]:
         """Bad labels and malformed ``zip`` groups."""
-        out = []
-        if not NAME_RE.match(self.label):
-            out.append(f"'name' is {self.label!r}; use letters, digits and _ . + - only.")
+        out = name_problems("'name'", self.label)
         seen: set[str] = set(self.params)
         for i, group in enumerate(self.zip):
-            where = f"'{self.label}': zip[{i}]"
-            lengths = {k: len(v) for k, v in group.items()}
+            where = f"'{self.where}': zip[{i}]"
+            lengths = {key_text(k): len(v) for k, v in group.items()}
             if not group or 0 in lengths.values():
-                out.append(f"{where} is empty ({group}); give each field a non-empty list.")
+                out.append(
+                    f"{where} is empty ({short_repr(group)}); give each field a non-empty list."
+                )
             elif len(set(lengths.values())) > 1:
                 out.append(
-                    f"{where} lists have different lengths {lengths}; zipped fields move "
-                    "together, so give them equal lengths (or move one to params for a product)."
+                    f"{where} lists have different lengths {short_repr(lengths)}; zipped fields "
+                    "move together, so give them equal lengths (or move one to params for a "
+                    "product)."
                 )
             for key in group:
                 if key in seen:
-                    out.append(f"{where}: '{key}' also appears in params or another zip group.")
+                    out.append(
+                        f"{where}: '{key_text(key)}' also appears in params or another zip group."
+                    )
                 seen.add(key)
         return out
+
+
+def name_problems(what: str, value: str) -> list[str]:
+    """Problems of a name that becomes part of a path (a run name, a label, a run id).
+
+    Args:
+        what: how the message calls it (``'name'``, ``'--run-id'``).
+        value: the name.
+
+    Returns:
+        Sentences; empty when ``value`` matches :data:`NAME_RE` within :data:`MAX_NAME_CHARS`.
+    """
+    if not isinstance(value, str):
+        return [f"{what} is {short_repr(value)} ({type(value).__name__}); expected a string."]
+    if len(value) > MAX_NAME_CHARS:
+        return [
+            f"{what} is {short_repr(value)}; at most {MAX_NAME_CHARS} characters are allowed. "
+            "Use a shorter name."
+        ]
+    if not NAME_RE.match(value):
+        return [
+            f"{what} is {short_repr(value)}; use letters, digits and _ . + - only, starting "
+            "with a letter or digit (no '/', no '..')."
+        ]
+    return []
+
+
+def check_run_id(value: str) -> list[str]:
+    """Problems of a forced run id (``--run-id``): it names a folder under ``output_dir``.
+
+    Refuses the empty string, ``.`` and ``..``, path separators and anything else outside
+    :data:`NAME_RE`, and ids longer than :data:`MAX_NAME_CHARS`, so a run never writes outside
+    ``output_dir``.
+
+    Returns:
+        Sentences; empty when the id is safe.
+    """
+    out = name_problems("run id", value)
+    if out and isinstance(value, str) and (value in ("", ".", "..") or "/" in value):
+        out[0] += " A run id names one folder inside output_dir; e.g. --run-id smoke-1."
+    return out
 
 
 @dataclass(frozen=True)
@@ -191,12 +268,11 @@ class TimingConfig:
     def problems(self) -> list[str]:
         """Range checks."""
         out = []
-        if self.repeats < 1:
-            out.append(f"'repeats' is {self.repeats}; it must be >= 1 (5 is a good start).")
-        if self.warmup < 0:
-            out.append(f"'warmup' is {self.warmup}; it must be >= 0.")
-        if self.min_time_s is not None and not self.min_time_s > 0:
-            out.append(f"'min_time_s' is {self.min_time_s}; it must be > 0 or null.")
+        out += bound_problems("repeats", self.repeats, 1, MAX_SIZE, " (5 is a good start)")
+        out += bound_problems("warmup", self.warmup, 0, MAX_SIZE)
+        out += bound_problems("max_repeats", self.max_repeats, 1, MAX_SIZE)
+        if self.min_time_s is not None and not 0 < self.min_time_s < math.inf:
+            out.append(f"'min_time_s' is {self.min_time_s}; it must be > 0 and finite, or null.")
         if self.max_repeats < self.repeats:
             out.append(
                 f"'max_repeats' is {self.max_repeats}, below 'repeats' {self.repeats}; raise it."
@@ -270,18 +346,21 @@ class ExecutorConfig:
             ("cpus_per_task", 1), ("array_parallelism", 1), ("max_requeues", 0),
         ):  # fmt: skip
             value = getattr(self, name)
-            if value is not None and value < low:
-                out.append(f"'{name}' is {value}; it must be >= {low}.")
+            if value is not None:
+                out += bound_problems(name, value, low, MAX_SIZE)
         if self.mem_gb is not None and not self.mem_gb > 0:
             out.append(f"'mem_gb' is {self.mem_gb}; it must be > 0 or null.")
         if self.devices is not None:
-            if not self.devices or any(d < 0 for d in self.devices):
+            if not self.devices or any(not 0 <= d <= MAX_SIZE for d in self.devices):
                 out.append(
-                    f"'devices' is {list(self.devices)}; give GPU indices >= 0, e.g. [0, 1], or "
-                    "null for every visible GPU."
+                    f"'devices' is {short_repr(list(self.devices))}; give GPU indices >= 0, e.g. "
+                    "[0, 1], or null for every visible GPU."
                 )
             elif len(set(self.devices)) < len(self.devices):
-                out.append(f"'devices' repeats an index in {list(self.devices)}; list each once.")
+                out.append(
+                    f"'devices' repeats an index in {short_repr(list(self.devices))}; list each "
+                    "once."
+                )
         if self.kind == "slurm" and not submitit_available():
             out.append(
                 "executor 'slurm' needs the submitit package, which is not installed. Install it "
@@ -355,14 +434,17 @@ class Experiment:
         name: run name (the run folder is ``<output_dir>/<name>-<hash>``).
         checkpoints: name → :class:`CheckpointSpec` (YAML shorthand: name → path string).
         samplers: the sampler entries.
-        seq_lens: generated lengths L.
-        batch_sizes: batch sizes b (ascending order is used, for the OOM backstop).
-        seeds: cell seeds (schedule draws and sampling noise).
+        seq_lens: generated lengths L (1 … 2**31 - 1).
+        batch_sizes: batch sizes b (1 … 2**31 - 1; ascending order is used, for the OOM
+            backstop).
+        seeds: cell seeds (schedule draws and sampling noise; 0 … 2**63 - 1).
         device: ``cpu``, ``cuda``, ``cuda:<i>`` or ``mps``.
-        dtype: ``float32``, or ``bfloat16`` (autocast; weights stay fp32).
+        dtype: ``float32``, or ``bfloat16`` (autocast; weights stay fp32; not on ``cpu``).
         timing: see :class:`TimingConfig`.
         output_dir: where run folders go.
         executor: where the cells run; see :class:`ExecutorConfig` (not hashed into cells).
+        max_cells: the most cells the grid may expand to (:func:`grid_size`, computed before
+            anything is expanded); raise it for a deliberately large sweep.
     """
 
     name: str
@@ -376,15 +458,24 @@ class Experiment:
     timing: TimingConfig = field(default_factory=TimingConfig)
     output_dir: str = "results"
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    max_cells: int = MAX_CELLS
 
     def problems(self) -> list[str]:
         """Cross-field checks; a field left ``None`` was malformed and is skipped."""
         out = []
-        if self.name is not None and not NAME_RE.match(self.name):
-            out.append(f"'name' is {self.name!r}; use letters, digits and _ . + - only.")
-        out += _axis_problems("seq_lens", self.seq_lens, 1, "[256, 1024]")
-        out += _axis_problems("batch_sizes", self.batch_sizes, 1, "[1, 8]")
-        out += _axis_problems("seeds", self.seeds, 0, "[0]")
+        if self.name is not None:
+            out += name_problems("'name'", self.name)
+        out += _axis_problems("seq_lens", self.seq_lens, 1, MAX_SIZE, "[256, 1024]")
+        out += _axis_problems("batch_sizes", self.batch_sizes, 1, MAX_SIZE, "[1, 8]")
+        out += _axis_problems("seeds", self.seeds, 0, MAX_SEED, "[0]")
+        if self.max_cells is not None:
+            out += bound_problems("max_cells", self.max_cells, 1, MAX_SIZE)
+        if self.device == "cpu" and self.dtype == "bfloat16":
+            out.append(
+                "'dtype' is 'bfloat16' with device 'cpu': CPUs have no native bfloat16 matmul, "
+                "so every cell would be timed and then discarded by the cost model. Use dtype: "
+                "float32 on cpu, or a GPU device (device: cuda) for bfloat16."
+            )
         if self.samplers is not None and not self.samplers:
             out.append("'samplers' is empty; add at least one entry (dlmbench ls samplers).")
         if self.checkpoints is not None and not self.checkpoints:
@@ -412,10 +503,10 @@ class Experiment:
     def _reference_problems(self) -> list[str]:
         out = []
         specs = [s for s in self.samplers or () if s is not None]
-        labels = [s.label for s in specs]
-        for dup in sorted({x for x in labels if labels.count(x) > 1}):
+        counts = collections.Counter(s.label for s in specs)
+        for dup in sorted(x for x, n in counts.items() if n > 1):
             out.append(
-                f"sampler name '{dup}' is used {labels.count(dup)} times; "
+                f"sampler name '{key_text(dup)}' is used {counts[dup]} times; "
                 "give each entry a unique 'name'."
             )
         if self.checkpoints is None:
@@ -424,27 +515,48 @@ class Experiment:
         for s in specs:
             if s.checkpoint is None and len(names) > 1:
                 out.append(
-                    f"sampler '{s.label}' has no 'checkpoint' and there are several "
-                    f"({', '.join(names)}); name one."
+                    f"sampler '{s.where}' has no 'checkpoint' and there are several "
+                    f"({name_list(names)}); name one."
                 )
             elif s.checkpoint is not None and s.checkpoint not in names:
                 out.append(
-                    f"sampler '{s.label}': checkpoint '{s.checkpoint}' is not defined under "
-                    f"'checkpoints'.{did_you_mean(s.checkpoint, names)} "
-                    f"Defined: {', '.join(names)}."
+                    f"sampler '{s.where}': checkpoint '{key_text(s.checkpoint)}' is not defined "
+                    f"under 'checkpoints'.{did_you_mean(s.checkpoint, names)} "
+                    f"Defined: {name_list(names)}."
                 )
         return out
 
 
-def _axis_problems(name: str, values: Sequence[int] | None, low: int, example: str) -> list[str]:
+def name_list(names: Sequence[Any], limit: int = 20) -> str:
+    """``a, b, c`` of the user's names for a message: each cut short, at most ``limit`` shown."""
+    shown = ", ".join(key_text(n) for n in list(names)[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
+def bound_problems(name: str, value: int, low: int, high: int, hint: str = "") -> list[str]:
+    """``["'name' is v; it must lie in low … high."]`` when ``value`` is outside, else ``[]``."""
+    if low <= value <= high:
+        return []
+    return [f"'{name}' is {short_repr(value)}; it must lie in {low} … {high}{hint}."]
+
+
+def _axis_problems(
+    name: str, values: Sequence[int] | None, low: int, high: int, example: str
+) -> list[str]:
+    """Empty, out-of-range (``low … high``) and repeated values of a list axis; linear time."""
     if values is None:
         return []
     if not values:
         return [f"'{name}' is empty; give at least one value, e.g. {name}: {example}."]
-    out = [f"'{name}' contains {v}; values must be >= {low}." for v in values if v < low]
-    dups = sorted({v for v in values if list(values).count(v) > 1})
+    bad = [v for v in values if not low <= v <= high]
+    out = [
+        f"'{name}' contains {short_repr(v)}; values must lie in {low} … {high}." for v in bad[:5]
+    ]
+    if len(bad) > 5:
+        out.append(f"'{name}' has {len(bad) - 5} more values outside {low} … {high}.")
+    dups = sorted(v for v, n in collections.Counter(values).items() if n > 1)
     if dups:
-        out.append(f"'{name}' repeats {dups}; list each value once.")
+        out.append(f"'{name}' repeats {short_repr(dups)}; list each value once.")
     return out
 
 
@@ -457,7 +569,7 @@ def device_problems(device: str, present: bool = True) -> list[str]:
     import torch
 
     if not DEVICE_RE.match(device):
-        return [f"'device' is {device!r}; allowed: cpu, cuda, cuda:<index>, mps."]
+        return [f"'device' is {short_repr(device)}; allowed: cpu, cuda, cuda:<index>, mps."]
     if not present:
         return []
     if device.startswith("cuda"):
@@ -477,20 +589,20 @@ def device_problems(device: str, present: bool = True) -> list[str]:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read an experiment YAML (safe loader) into a plain dict.
+    """Read an experiment YAML (:mod:`dlmcore.yamlio`'s bounded safe loader) into a plain dict.
 
     Raises:
-        ConfigError: missing file, a YAML syntax error, or a top level that is not a mapping.
+        ConfigError: missing file, not UTF-8, a YAML syntax error, an alias bomb or a duplicate
+            key (:func:`dlmcore.yamlio.load_yaml_text`), or a top level that is not a mapping.
     """
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"config file '{p}' not found; pass a YAML path (see configs/)."])
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError([f"'{p}' is not valid YAML: {e}"]) from None
+    raw = load_yaml_file(p)
     if not isinstance(raw, dict):
-        raise ConfigError([f"'{p}' must hold a mapping of Experiment fields, got {raw!r}."])
+        raise ConfigError(
+            [f"'{p}' must hold a mapping of Experiment fields, got {short_repr(raw)}."]
+        )
     return raw
 
 
@@ -520,13 +632,14 @@ def _child(node: Any, tp: Any, part: str) -> tuple[Any, Any, str | None]:
             return (
                 None,
                 None,
-                f"unknown key '{part}'.{did_you_mean(part, names)} Allowed: {', '.join(names)}.",
+                f"unknown key '{key_text(part)}'.{did_you_mean(part, names)} Allowed: "
+                f"{', '.join(names)}.",
             )
         return part, get_type_hints(tp)[part], None
     if get_origin(tp) in (list, tuple):
         inner = [a for a in get_args(tp) if a is not Ellipsis][0]
         items = node if isinstance(node, list) else []
-        if part.isdigit() and int(part) < len(items):
+        if part.isdigit() and len(part) < 10 and int(part) < len(items):
             return int(part), inner, None
         labels = [x.get("name") or x.get("sampler") for x in items if isinstance(x, dict)]
         if part in labels:
@@ -535,8 +648,8 @@ def _child(node: Any, tp: Any, part: str) -> tuple[Any, Any, str | None]:
             None,
             None,
             (
-                f"no entry '{part}'.{did_you_mean(part, [str(x) for x in labels])} Use an index "
-                f"0..{len(items) - 1} or a name: {', '.join(map(str, labels))}."
+                f"no entry '{key_text(part)}'.{did_you_mean(part, [str(x) for x in labels])} Use "
+                f"an index 0..{len(items) - 1} or a name: {name_list(labels)}."
             ),
         )
     if get_origin(tp) is dict:
@@ -552,7 +665,10 @@ def _set_override(raw: dict[str, Any], key: str, value: Any) -> str | None:
     for i, part in enumerate(parts):
         if not isinstance(node, dict | list):
             where = ".".join(parts[:i])
-            return f"'{where}' is not a mapping in the config, so '{part}' cannot be set."
+            return (
+                f"'{key_text(where)}' is not a mapping in the config, so '{key_text(part)}' "
+                "cannot be set."
+            )
         k, tp, problem = _child(node, tp, part)
         if problem:
             return problem
@@ -588,17 +704,18 @@ def apply_overrides(
         key, sep, value_text = text.partition("=")
         if not sep or not key.strip():
             problems.append(
-                f"override {text!r} is not of the form key=value; write e.g. timing.repeats=3."
+                f"override {short_repr(text)} is not of the form key=value; write e.g. "
+                "timing.repeats=3."
             )
             continue
         try:
             value = parse_scalar(value_text)
-        except yaml.YAMLError as e:
-            problems.append(f"override {text!r}: the value is not valid YAML ({e}).")
+        except ConfigError as e:
+            problems.append(f"override {short_repr(text)}: {'; '.join(e.problems)}")
             continue
         problem = _set_override(raw, key.strip(), value)
         if problem:
-            problems.append(f"override {text!r}: {problem}")
+            problems.append(f"override {short_repr(text)}: {problem}")
     return raw, problems
 
 
@@ -627,14 +744,35 @@ def _salvage(cls: type, raw: dict[str, Any], prefix: str = "") -> tuple[Any, lis
             kw[f.name], more = _salvage(tp, value, where)
             problems += more
         else:
-            trial: list[str] = []
-            out = coerce(value, tp, where, trial)
-            kw[f.name] = _default(f) if trial else out
+            kw[f.name] = _salvage_value(f, value, tp, where)
     obj = cls(**kw)
     check = getattr(obj, "problems", None)
     if callable(check):
         problems += [f"{prefix}: {p}" if prefix else p for p in check()]
     return obj, problems
+
+
+def _salvage_value(f: dataclasses.Field, value: Any, tp: Any, where: str) -> Any:
+    """``value`` if it type-checks; for a list, the items that do; else the field's default.
+
+    Keeping the good items of a list lets its range checks still run (``[0, "x"]`` reports
+    the 0 as well as the string).
+    """
+    trial: list[str] = []
+    out = coerce(value, tp, where, trial)
+    if not trial:
+        return out
+    if get_origin(tp) is tuple and isinstance(value, list | tuple):
+        inner = get_args(tp)[0]
+        kept = [v for v in value if not _coerce_problems(v, inner)]
+        return tuple(kept) if kept else _default(f)
+    return _default(f)
+
+
+def _coerce_problems(value: Any, tp: Any) -> list[str]:
+    trial: list[str] = []
+    coerce(value, tp, "-", trial)
+    return trial
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -784,15 +922,15 @@ def _is_axis(value: Any, tp: Any) -> bool:
     return True
 
 
-def param_grid(
+def param_axes(
     spec: SamplerSpec, config_class: type, mode: str
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """Expand ``params`` (product of list axes) and ``zip`` groups into parameter dicts.
+) -> tuple[dict[str, Any], list[list[dict[str, Any]]], list[str]]:
+    """Split ``params`` into fixed values and grid axes (a ``zip`` group is one axis).
 
     The timing mode sets the config's ``profile`` field.
 
     Returns:
-        ``(combinations in grid order, problems)``.
+        ``(fixed fields, axes, problems)``; each axis is a list of ``{field: value}`` choices.
     """
     hints = get_type_hints(config_class)
     fixed, axes, problems = {}, [], []
@@ -800,7 +938,7 @@ def param_grid(
         if _is_axis(value, hints.get(key)):
             if not value:
                 problems.append(
-                    f"'{spec.label}': params.{key} is an empty list (empty grid); "
+                    f"'{spec.where}': params.{key_text(key)} is an empty list (empty grid); "
                     "give at least one value."
                 )
             axes.append([{key: v} for v in value])
@@ -812,20 +950,62 @@ def param_grid(
     keys = set(spec.params) | {k for g in spec.zip for k in g}
     if "profile" in keys:
         problems.append(
-            f"'{spec.label}': set the timing mode with 'timing.mode: profile', not params.profile."
+            f"'{spec.where}': set the timing mode with 'timing.mode: profile', not params.profile."
         )
     elif "profile" in hints:
         fixed["profile"] = mode == "profile"
     elif mode == "profile":
         problems.append(
-            f"sampler '{spec.sampler}' has no 'profile' field, so timing.mode 'profile' "
-            "cannot apply; use mode: full."
+            f"sampler '{key_text(spec.sampler)}' has no 'profile' field, so timing.mode "
+            "'profile' cannot apply; use mode: full."
         )
-    combos = [
-        dict(fixed, **{k: v for d in choice for k, v in d.items()})
-        for choice in itertools.product(*axes)
-    ]
-    return combos, problems
+    return fixed, axes, problems
+
+
+def param_grid(
+    spec: SamplerSpec, config_class: type, mode: str
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Expand ``params`` (product of list axes) and ``zip`` groups into parameter dicts.
+
+    Returns:
+        ``(combinations in grid order, problems)``; see :func:`param_axes`.
+    """
+    fixed, axes, problems = param_axes(spec, config_class, mode)
+    return _combine(fixed, itertools.product(*axes)), problems
+
+
+def _combine(fixed: dict[str, Any], choices: Any) -> list[dict[str, Any]]:
+    return [dict(fixed, **{k: v for d in choice for k, v in d.items()}) for choice in choices]
+
+
+def _probe_combos(fixed: dict[str, Any], axes: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """A few combinations that use every value of every axis (linear, not the product).
+
+    Checks each value of an over-large grid without expanding it.
+    """
+    if any(not a for a in axes):
+        return []
+    n = max((len(a) for a in axes), default=1)
+    return _combine(fixed, ([a[i % len(a)] for a in axes] for i in range(n)))
+
+
+def entry_size(spec: SamplerSpec, config_class: type) -> int:
+    """Parameter combinations of one entry, computed without expanding them."""
+    hints = get_type_hints(config_class)
+    sizes = [len(v) for k, v in spec.params.items() if _is_axis(v, hints.get(k))]
+    sizes += [min((len(v) for v in g.values()), default=0) for g in spec.zip]
+    return math.prod(sizes)
+
+
+def grid_size(exp: Experiment) -> int:
+    """How many cells ``exp`` expands to, by arithmetic alone (unknown samplers count 0)."""
+    per_combo = math.prod(len(x or ()) for x in (exp.seq_lens, exp.batch_sizes, exp.seeds))
+    combos = sum(
+        entry_size(s, SAMPLERS.get(s.sampler).config_class)
+        for s in exp.samplers or ()
+        if s is not None and s.sampler in SAMPLERS
+    )
+    return combos * per_combo
 
 
 def _model_config(spec: CheckpointSpec, family: str) -> DiTConfig:
@@ -840,19 +1020,18 @@ def _entry_problems(
 ) -> list[str]:
     """Family match and L divisible by the block size, for one built sampler config."""
     out = []
-    sampler = cls(cfg)
     try:
-        check_family(sampler, SimpleNamespace(config=model_cfg), ckpt_name)
-    except SamplerError as e:
-        out.append(f"'{label}': {e}")
+        check_family(cls(cfg), SimpleNamespace(config=model_cfg), ckpt_name)
+    except (SamplerError, ConfigError) as e:
+        out.append(f"'{key_text(label)}': {e}")
     block = getattr(cfg, "block_size", None) or (
         model_cfg.block_size if hasattr(cfg, "block_size") else None
     )
     for L in seq_lens:
         if block and L % block:
             out.append(
-                f"'{label}': seq_len {L} is not divisible by block_size {block}; use seq_lens "
-                f"that are multiples of {block}, or another block_size."
+                f"'{key_text(label)}': seq_len {L} is not divisible by block_size {block}; use "
+                f"seq_lens that are multiples of {block}, or another block_size."
             )
     return out
 
@@ -860,43 +1039,75 @@ def _entry_problems(
 def expand_cells(exp: Experiment) -> tuple[list[Cell], list[str]]:
     """Every cell of ``exp`` in run order (entry, params, L, b ascending, seed), and the problems.
 
-    Parts of ``exp`` left ``None`` by :func:`_salvage` are skipped.
+    The grid's size is computed first: past ``exp.max_cells`` no cell is built, and each entry's
+    values are still checked (every value of every axis, not their product). Every entry is
+    checked, whatever the others' problems. Parts of ``exp`` left ``None`` by :func:`_salvage`
+    are skipped.
     """
-    cells: list[Cell] = []
     problems: list[str] = []
+    n, limit = grid_size(exp), exp.max_cells or MAX_CELLS
+    build = n <= limit
+    if not build:
+        problems.append(
+            f"the grid has {n} cells; the limit is {limit} (set `max_cells` to raise it, or "
+            "shorten seq_lens, batch_sizes, seeds or the params lists)."
+        )
+    cells: list[Cell] = []
     model_cfgs: dict[tuple[str, str], DiTConfig] = {}
-    ckpts = exp.checkpoints or {}
     for spec in [s for s in exp.samplers or () if s is not None]:
-        if spec.sampler not in SAMPLERS:
-            problems.append(f"'{spec.label}': {SAMPLERS.unknown_message(spec.sampler)}")
-            continue
-        cls = SAMPLERS.get(spec.sampler)
-        ckpt_name = spec.checkpoint or (next(iter(ckpts)) if len(ckpts) == 1 else None)
-        ckpt = ckpts.get(ckpt_name) if ckpt_name else None
-        model_cfg = None
-        if ckpt is not None:
-            key = (ckpt_name, cls.families[0])
-            try:
-                model_cfg = model_cfgs.get(key) or _model_config(ckpt, cls.families[0])
-                model_cfgs[key] = model_cfg
-            except (ValueError, TypeError, OSError) as e:
-                problems.append(f"checkpoint '{ckpt_name}': cannot read its model config: {e}")
-        combos, more = param_grid(spec, cls.config_class, exp.timing.mode if exp.timing else "full")
+        more, built = _expand_entry(exp, spec, model_cfgs, start=len(cells), build=build)
         problems += more
-        for params in combos:
-            cfg, more = collect(cls.config_class, params, prefix=f"samplers.{spec.label}.params")
-            problems += more
-            if cfg is None or model_cfg is None:
-                continue
-            problems += _entry_problems(
-                cls, cfg, spec.label, model_cfg, ckpt_name, exp.seq_lens or ()
-            )
-            cells += _cells_of(exp, spec, cfg, ckpt_name, ckpt, model_cfg, start=len(cells))
-    ids = [c.cell_id for c in cells]
-    for dup in sorted({i for i in ids if ids.count(i) > 1}):
-        same = [c.label for c in cells if c.cell_id == dup]
-        problems.append(f"entries {same} produce identical cells ({dup}); remove the duplicate.")
-    return cells, problems
+        cells += built
+    return cells, problems + _duplicate_problems(cells)
+
+
+def _expand_entry(
+    exp: Experiment,
+    spec: SamplerSpec,
+    model_cfgs: dict[tuple[str, str], DiTConfig],
+    start: int,
+    build: bool,
+) -> tuple[list[str], list[Cell]]:
+    """One entry's problems and (if ``build``) cells; ``model_cfgs`` caches model configs."""
+    if spec.sampler not in SAMPLERS:
+        return [f"'{spec.where}': {SAMPLERS.unknown_message(key_text(spec.sampler))}"], []
+    cls = SAMPLERS.get(spec.sampler)
+    ckpts = exp.checkpoints or {}
+    ckpt_name = spec.checkpoint or (next(iter(ckpts)) if len(ckpts) == 1 else None)
+    ckpt = ckpts.get(ckpt_name) if ckpt_name else None
+    problems, cells, model_cfg = [], [], None
+    if ckpt is not None:
+        key = (ckpt_name, cls.families[0])
+        try:
+            model_cfg = model_cfgs.get(key) or _model_config(ckpt, cls.families[0])
+            model_cfgs[key] = model_cfg
+        except (ValueError, TypeError, OSError) as e:
+            problems.append(f"checkpoint '{ckpt_name}': cannot read its model config: {e}")
+    mode = exp.timing.mode if exp.timing else "full"
+    fixed, axes, more = param_axes(spec, cls.config_class, mode)
+    problems += more
+    combos = _combine(fixed, itertools.product(*axes)) if build else _probe_combos(fixed, axes)
+    for params in combos:
+        cfg, more = collect(cls.config_class, params, prefix=f"samplers.{spec.where}.params")
+        problems += more
+        if more or cfg is None or model_cfg is None:
+            continue
+        problems += _entry_problems(cls, cfg, spec.label, model_cfg, ckpt_name, exp.seq_lens or ())
+        if build:
+            cells += _cells_of(exp, spec, cfg, ckpt_name, ckpt, model_cfg, start=start + len(cells))
+    return list(dict.fromkeys(problems)), cells
+
+
+def _duplicate_problems(cells: Sequence[Cell]) -> list[str]:
+    """One sentence per cell id that two entries share; linear in the number of cells."""
+    labels: dict[str, list[str]] = collections.defaultdict(list)
+    for c in cells:
+        labels[c.cell_id].append(c.label)
+    return [
+        f"entries {short_repr(same)} produce identical cells ({dup}); remove the duplicate."
+        for dup, same in sorted(labels.items())
+        if len(same) > 1
+    ]
 
 
 def _cells_of(

@@ -11,8 +11,10 @@ For each cell (``harness.run.experiment.Cell``) the runner
 5. writes a row (``harness.results``): timings, work counters, cost model, memory, energy.
 
 A cell that raises is recorded (``status`` ``error`` or ``oom``, ``error`` = ``"Type: message"``)
-and the sweep goes on; after an out-of-memory at batch B, larger batches of the same
-(sampler, params, L, model) are recorded as ``skipped``. Re-running the same config skips every
+and the sweep goes on; after an out-of-memory at batch B (CUDA or CPU), larger batches of the
+same (sampler, params, L, model) are recorded as ``skipped``, and so is a cell whose estimated
+peak memory exceeds the available memory. A row that cannot be stored becomes the cell's
+``error`` row (:func:`store_row`). Re-running the same config skips every
 cell whose shard exists.
 """
 
@@ -22,6 +24,7 @@ import contextlib
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
@@ -82,7 +85,7 @@ class ModelCache:
 
     def get(self, cell: Cell) -> tuple[Any, dict[str, Any]]:
         """The model of ``cell``, loading it (and dropping the previous one) when it changes."""
-        key = (cell.ckpt.path, cell.ckpt.init_seed, cell.model_cfg, cell.device)
+        key = _model_key(cell)
         if key != self.key:
             self.key, self.model, self.provenance = None, None, {}
             _free_memory()
@@ -211,11 +214,19 @@ def measure_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
 
 
 def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
-    """The row of ``cell``: measured, or failed/skipped with ``status`` and ``error`` set."""
+    """The row of ``cell``: measured, or failed/skipped with ``status`` and ``error`` set.
+
+    Skipped without running: a larger batch than one of its OOM group that ran out of memory,
+    and a cell whose estimated peak memory exceeds what the device has available
+    (:func:`memory_problem`), both before the untimed plan.
+    """
     smallest_oom = ctx.oom.get(cell.group_id)
     if smallest_oom is not None and cell.batch_size > smallest_oom:
         msg = f"Skipped: batch {cell.batch_size} > batch {smallest_oom}, which ran out of memory"
         return identity_columns(cell, ctx, "skipped", msg)
+    too_big = memory_problem(cell, ctx)
+    if too_big is not None:
+        return identity_columns(cell, ctx, "skipped", too_big)
     try:
         return measure_cell(cell, ctx)
     except Exception as e:  # noqa: BLE001 -- a failed cell is recorded, never dropped
@@ -227,10 +238,111 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     return identity_columns(cell, ctx, status, error)
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "defaultcpuallocator")
+"""Lower-case fragments of the RuntimeError messages of an allocation failure (CUDA, CPU)."""
+
+
 def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and "out of memory" in str(e).lower()
+    """Whether ``e`` is an allocation failure: CUDA OOM, ``MemoryError``, CPU allocator errors."""
+    if isinstance(e, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(e).lower()
+    return isinstance(e, RuntimeError) and any(m in text for m in OOM_MESSAGES)
+
+
+MEMORY_CHECK_ENV = "DLMBENCH_MEMORY_CHECK"
+"""Set to ``0`` to run cells whose estimated peak memory exceeds the available memory."""
+
+
+def _model_key(cell: Cell) -> tuple:
+    return (cell.ckpt.path, cell.ckpt.init_seed, cell.model_cfg, cell.device)
+
+
+def cell_peak_bytes(cell: Cell, *, weights: bool = True) -> float:
+    """Rough upper bound of ``cell``'s peak memory in bytes (:func:`memory.estimate_peak_bytes`).
+
+    The rows fed and the head rows per call are the largest of the sampler's
+    ``expected_calls`` (a KV-cached sampler feeds a few rows per call); L where it has none.
+    """
+    fed = head = None
+    sampler = SAMPLERS.get(cell.sampler)(cell.config)
+    try:
+        calls = sampler.expected_calls(
+            cell.model_cfg, batch_size=cell.batch_size, seq_len=cell.seq_len
+        )
+        fed, head = (max(int(c[i]) for c in calls) for i in (0, 3)) if calls else (None, None)
+    except (AttributeError, NotImplementedError, ValueError, TypeError, IndexError):
+        pass
+    return memory.estimate_peak_bytes(
+        cell.model_cfg,
+        _cache_kind(cell),
+        cell.batch_size,
+        cell.seq_len,
+        DTYPES[cell.dtype][1],
+        weights=weights,
+        fed_rows=fed,
+        head_rows=head,
     )
+
+
+def memory_problem(cell: Cell, ctx: RunContext) -> str | None:
+    """Why ``cell`` cannot fit in the device's available memory, or None (also when unknown).
+
+    The weights of a model already resident are not counted again (they are in use already).
+    ``DLMBENCH_MEMORY_CHECK=0`` turns the check off. Only CPU cells are checked: there an
+    allocation past the machine's memory may bring the kernel's OOM killer instead of an error,
+    while a CUDA out-of-memory raises, is recorded as ``oom`` and skips the larger batches, so a
+    rough estimate must not skip a GPU cell that would have fit.
+    """
+    if os.environ.get(MEMORY_CHECK_ENV, "1") == "0" or not str(cell.device).startswith("cpu"):
+        return None
+    available = memory.available_bytes(cell.device)
+    if math.isnan(available):
+        return None
+    need = cell_peak_bytes(cell, weights=ctx.models.key != _model_key(cell))
+    if need <= available:
+        return None
+    return (
+        f"Skipped: estimated peak memory {need / memory.GB:.3g} GB (weights + cache + "
+        f"activations at b={cell.batch_size}, L={cell.seq_len}) > {available / memory.GB:.3g} GB "
+        f"available on {cell.device}; free memory or lower the batch, then rerun with "
+        f"--retry-failed ({MEMORY_CHECK_ENV}=0 runs it anyway)"
+    )
+
+
+SHARD_WRITE_ERROR = "ShardWriteError"
+"""The ``error`` type of a cell whose row could not be stored."""
+
+
+def store_row(cell: Cell, ctx: RunContext, row: dict[str, Any]) -> dict[str, Any]:
+    """Write ``row``'s shard; return the row that was stored (never raises for a cell's row).
+
+    If the row cannot be stored (a value pyarrow cannot hold, a disk error), the cell's
+    minimal identity row with ``status`` ``error`` and the reason is stored instead, so the cell
+    is recorded and the sweep goes on. If even that fails, a warning names the cell on stderr
+    (it stays pending: the next run re-runs it) and the error row is returned unwritten.
+    """
+    try:
+        results.write_shard(ctx.run_dir, row)
+        return row
+    except Exception as e:  # noqa: BLE001 -- one unstorable row must not end the sweep
+        reason = (
+            f"{SHARD_WRITE_ERROR}: the row of status {row.get('status')!r} could not be "
+            f"stored ({type(e).__name__}: {e}); fix the value or the disk, then rerun with "
+            "--retry-failed"
+        )
+    keep = {
+        k: row[k] for k in ("executor", "worker_host", "worker_pid", "worker_devices") if k in row
+    }
+    fallback = {**identity_columns(cell, ctx, "error", reason), **keep}
+    try:
+        results.write_shard(ctx.run_dir, fallback)
+    except Exception as e:  # noqa: BLE001 -- reported; the cell stays pending
+        results.warn(
+            f"cell {cell.cell_id} ({cell.label} b={cell.batch_size}): not even its error row "
+            f"could be stored ({type(e).__name__}: {e}); it stays pending for the next run."
+        )
+    return fallback
 
 
 # --------------------------------------------------------------------------------------------
@@ -301,8 +413,8 @@ def work_columns(
     cost = costmodel.sample_cost(cell.model_cfg, result.calls, cell.batch_size, dtype_bytes)
     predicted = math.nan
     if peaks is not None:
-        predicted = costmodel.predict_seconds(
-            cell.model_cfg, result.calls, cell.batch_size, peaks, dtype_bytes, model=model
+        predicted = costmodel.predict_for_run(
+            cell.model_cfg, result.calls, cell.batch_size, peaks, dtype_bytes, model
         )
     flops = cost["flops_analytic"]
     return {
@@ -322,10 +434,16 @@ def work_columns(
 
 
 def energy_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:
-    """Energy per execute (the meter spans all timed repeats), per sample and per token."""
+    """Energy per execute, per sample and per token.
+
+    Joules per execute = the window's mean power × the mean timed wall time. The meter's window
+    spans every timed repeat and also the (untimed) resets between them, so total / repeats
+    would charge those to the sample.
+    """
     reading = meas.meter or {}
     total = float(reading.get("energy_j", math.nan))
-    per_run = total / len(meas.wall_s)
+    power = float(reading.get("power_w_mean", math.nan))
+    per_run = power * statistics.fmean(meas.wall_s) if meas.wall_s else math.nan
     return {
         "energy_j": per_run,
         "energy_j_total": total,
@@ -336,10 +454,15 @@ def energy_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:
     }
 
 
+def _cache_kind(cell: Cell) -> str | None:
+    """The cache the cell's sampler keeps (``kv``, ``qkv``, ``px0``), or None."""
+    sampler = SAMPLERS.get(cell.sampler)(cell.config)
+    return sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
+
+
 def _cache_bytes(cell: Cell) -> float:
     """The analytic cache size of the whole batch; the sampler names its cache kind."""
-    sampler = SAMPLERS.get(cell.sampler)(cell.config)
-    kind = sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
+    kind = _cache_kind(cell)
     if kind is None:
         return 0.0
     return memory.cache_bytes(
@@ -400,11 +523,14 @@ def estimate(
     """Dry run: the cost model's predicted seconds per cell, from ``expected_calls``.
 
     Each entry holds the cell's identity, ``predicted_s`` (one execute) and ``total_s``
-    (warm-up + repeats, at least ``min_time_s``); NaN where the sampler cannot predict.
+    (warm-up + repeats, at least ``min_time_s``); NaN where the sampler cannot predict;
+    ``peak_mem_gb_est`` (:func:`cell_peak_bytes`) and ``fits``: whether that fits in this
+    machine's available memory for the device (None when priced on other hardware or unknown).
     ``peaks``: price the cells on other hardware (e.g. ``Peaks.from_spec("h200", ...)``, the
     roofline model) instead of measuring this machine's device.
     """
     torch_dtype, dtype_bytes = DTYPES[exp.dtype]
+    available = math.nan if peaks is not None else memory.available_bytes(exp.device)
     peaks = peaks or costmodel.measure_peaks(exp.device, torch_dtype)
     out = []
     for c in cells:
@@ -428,6 +554,14 @@ def estimate(
                 "params": c.params,
                 "predicted_s": pred,
                 "total_s": total,
+                **memory_fit(c, available),
             }
         )
     return out
+
+
+def memory_fit(cell: Cell, available: float) -> dict[str, Any]:
+    """``peak_mem_gb_est`` (:func:`cell_peak_bytes`) and ``fits`` (None where unknown)."""
+    need = cell_peak_bytes(cell)
+    fits = None if math.isnan(available) else bool(need <= available)
+    return {"peak_mem_gb_est": need / memory.GB, "fits": fits}

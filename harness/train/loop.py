@@ -129,7 +129,7 @@ class TrainConfig:
 
     def problems(self) -> list[str]:
         """Every value or combination problem, as sentences."""
-        out = []
+        out = name_problems(self.name)
         if self.model_size not in MODEL_SIZES.names():
             out.append(
                 f"'model_size' is {self.model_size!r}; allowed: {', '.join(MODEL_SIZES.names())}."
@@ -180,6 +180,88 @@ class TrainConfig:
         )
 
 
+def name_problems(name: Any) -> list[str]:
+    """Problems with an output ``name``: it must be one plain folder name inside ``out_dir``.
+
+    Refused: empty, ``.``, ``..``, anything with ``/``, a backslash, ``..`` or a NUL, and
+    surrounding white space. Such names would make the output folder ``out_dir`` itself, its
+    parent, or a folder elsewhere, which a run then replaces (with the default ``out_dir`` that
+    is every shipped checkpoint and the tokenizer).
+    """
+    if not isinstance(name, str):
+        return [f"'name' is {name!r}; it must be a folder name (a string)."]
+    bad = []
+    if name.strip() == "":
+        bad.append("it is empty")
+    elif name != name.strip():
+        bad.append("it has leading or trailing white space")
+    if name in (".", ".."):
+        bad.append(f"'{name}' names the output folder's parent or the folder itself")
+    else:
+        if ".." in name:
+            bad.append("it contains '..'")
+        if "/" in name or "\\" in name:
+            bad.append("it contains a path separator")
+    if "\0" in name:
+        bad.append("it contains a NUL character")
+    if not bad:
+        return []
+    return [
+        f"'name' is {name!r}: {'; '.join(bad)}. It must be one plain folder name inside "
+        "'out_dir' (letters, digits, '-', '_', '.'), e.g. name: mdlm-run2."
+    ]
+
+
+def _is_our_checkpoint(path: Path) -> bool:
+    """A directory holding a dlmbench checkpoint (``config.json`` with ``dlmbench_format``)."""
+    try:
+        return "dlmbench_format" in json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def output_problems(cfg: TrainConfig, overwrite: bool = False) -> list[str]:
+    """Why this run must not write its output folder (and snapshot folder); empty when it may.
+
+    Nothing is written before this check passes. An existing non-empty folder is replaced only
+    with ``overwrite`` and only when it holds a dlmbench checkpoint (so no setting can make a run
+    replace the repository, ``checkpoints/`` itself or any other folder).
+    """
+    out = name_problems(cfg.name)
+    if out:
+        return out
+    targets = [("output folder", resolve(cfg.out_dir) / cfg.name)]
+    if cfg.snapshot_dir is not None:
+        snap = resolve(cfg.snapshot_dir)
+        targets.append(("snapshot folder ('snapshot_dir')", snap))
+        if os.path.abspath(snap) == os.path.abspath(targets[0][1]):
+            out.append(f"'snapshot_dir' {str(snap)!r} is the output folder; choose another one.")
+    for what, path in targets:
+        if not (path.exists() or path.is_symlink()):
+            continue
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            continue  # an empty folder: nothing to lose
+        if not overwrite:
+            out.append(
+                f"the {what} {str(path)!r} already exists; pass --overwrite to replace it, or "
+                "choose another 'name' (or 'out_dir')."
+            )
+        elif path.is_symlink() or not path.is_dir() or not _is_our_checkpoint(path):
+            out.append(
+                f"the {what} {str(path)!r} exists and is not a dlmbench checkpoint (no "
+                "config.json with 'dlmbench_format'); it is never replaced, even with "
+                "--overwrite. Choose another 'name' (or 'out_dir')."
+            )
+    return out
+
+
+def check_outputs(cfg: TrainConfig, overwrite: bool = False) -> None:
+    """Raise :class:`ConfigError` listing :func:`output_problems` (before anything is written)."""
+    problems = output_problems(cfg, overwrite)
+    if problems:
+        raise ConfigError(problems, "Refusing to write the training output")
+
+
 def config_hash(cfg: TrainConfig) -> str:
     """First 16 hex digits of the SHA-256 of the resolved config (sorted JSON)."""
     return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
@@ -211,12 +293,12 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] = ()) -> Trai
         ConfigError: every problem at once (unknown keys with did-you-mean, types, ranges,
             malformed overrides).
     """
-    import yaml
+    from dlmcore.yamlio import load_yaml_file
 
     p = Path(path)
     if not p.is_file():
         raise ConfigError([f"config file {str(p)!r} not found."], "Cannot load training config")
-    data = yaml.safe_load(p.read_text()) or {}
+    data = load_yaml_file(p) or {}
     problems = []
     for item in overrides:
         if "=" not in item:
@@ -554,15 +636,23 @@ def save_snapshot(st: TrainState, done: int) -> None:
     _with_ema(st.model, st.params, st.ema, lambda: save_checkpoint(st.model, target, extra=extra))
 
 
-def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
+def train(cfg: TrainConfig, command: str = "", overwrite: bool = False) -> dict[str, Any]:
     """Run one training job and write the checkpoint; returns the metrics section.
 
     Args:
         cfg: the resolved training config.
         command: the command line, recorded in the checkpoint.
+        overwrite: replace an existing output (and snapshot) folder that holds a dlmbench
+            checkpoint; without it an existing folder is an error. Either way the new
+            checkpoint is written to a temp sibling and renamed into place.
+
+    Raises:
+        ConfigError: a bad ``name`` or an output folder that must not be replaced
+            (:func:`output_problems`), raised before anything is written.
     """
     from tqdm import tqdm
 
+    check_outputs(cfg, overwrite)
     out = resolve(cfg.out_dir) / cfg.name
     tmp_log = out.parent / f".{cfg.name}.train_log.csv"
     st = setup(cfg, tmp_log)
@@ -582,13 +672,17 @@ def train(cfg: TrainConfig, command: str = "") -> dict[str, Any]:
         if cfg.snapshot_step == done:
             save_snapshot(st, done)
     bar.close()
-    metrics = finish(st, out, command, train_s=st.elapsed())
-    tmp_log.rename(out / "train_log.csv")
-    return metrics
+    return finish(st, out, command, train_s=st.elapsed(), log_file=tmp_log)
 
 
-def finish(st: TrainState, out: Path, command: str, train_s: float) -> dict[str, Any]:
-    """Ship the EMA weights: round to ``save_dtype``, final validation, save; return metrics."""
+def finish(
+    st: TrainState, out: Path, command: str, train_s: float, log_file: Path | None = None
+) -> dict[str, Any]:
+    """Ship the EMA weights: round to ``save_dtype``, final validation, save; return metrics.
+
+    ``log_file`` (the closed ``train_log.csv``) moves into the checkpoint before it is renamed
+    into place, so the output folder appears whole or not at all.
+    """
     from harness.model.checkpoints import save_checkpoint
 
     cfg = st.cfg
@@ -616,7 +710,8 @@ def finish(st: TrainState, out: Path, command: str, train_s: float) -> dict[str,
         "metrics": metrics,
         "tokenizer": cfg.tokenizer,
     }
-    save_checkpoint(st.model, out, extra=extra, dtype=getattr(torch, cfg.save_dtype))
+    files = {"train_log.csv": log_file} if log_file is not None else None
+    save_checkpoint(st.model, out, extra=extra, dtype=getattr(torch, cfg.save_dtype), files=files)
     return metrics
 
 
@@ -646,26 +741,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("config", help="training YAML, e.g. configs/train/mdlm.yaml")
     p.add_argument("overrides", nargs="*", help="field=value overrides, e.g. steps=200")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output folder (a dlmbench checkpoint) instead of refusing",
+    )
     p.set_defaults(fn=_cmd_train)
     return p
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    overwrite = bool(getattr(args, "overwrite", False))
     try:
         cfg = load_config(args.config, args.overrides)
+        check_outputs(cfg, overwrite)
     except ConfigError as e:
-        print(e, file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    flags = ["--overwrite"] if overwrite else []
     command = " ".join(
-        shlex.quote(a) for a in ["python", "-m", "harness.train", args.config, *args.overrides]
+        shlex.quote(a)
+        for a in ["python", "-m", "harness.train", args.config, *args.overrides, *flags]
     )
-    metrics = train(cfg, command)
+    metrics = train(cfg, command, overwrite=overwrite)
     print(json.dumps({k: metrics[k] for k in ("val_nll", "val_ppl", "steps", "wall_s")}))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m harness.train CONFIG [a=value ...]``."""
+    """``python -m harness.train CONFIG [a=value ...] [--overwrite]``."""
     parser = argparse.ArgumentParser(prog="python -m harness.train")
     sub = parser.add_subparsers(dest="command", required=True)
     add_parser(sub)
