@@ -67,7 +67,7 @@ TIMING_COLUMNS = [
 WORK_COLUMNS = [
     "nfe_denoise", "nfe_total", "nfe_expected", "nfe_profile_sim", "token_forwards",
     "tokens_per_forward", "attn_pairs", "flops_analytic", "bytes_analytic", "tflops_effective",
-    "mfu", "predicted_s", "predicted_ratio",
+    "mfu", "predicted_s", "predicted_ratio", "context_rows",
 ]  # fmt: skip
 MEMORY_ENERGY_COLUMNS = [
     "peak_alloc_gb", "peak_reserved_gb", "peak_rss_gb", "nvml_used_gb", "cache_bytes_analytic",

@@ -424,6 +424,8 @@ def work_columns(
         "nfe_profile_sim": float(info.get("nfe_profile_sim", math.nan)),
         "token_forwards": result.token_forwards,
         "tokens_per_forward": cell.seq_len / nfe if nfe else math.nan,
+        # the rows a block attends to (BD3-LM's context_window); NaN where the sampler has none
+        "context_rows": float(info.get("context_rows", math.nan)),
         "ms_per_call": wall * 1e3 / nfe if nfe else math.nan,
         **cost,
         "tflops_effective": flops / wall / 1e12,

@@ -451,3 +451,28 @@ def test_context_window_values_are_checked():
     sampler = BD3LMSampler(BD3LMConfig(block_size=LB, context_window="sliding"))
     with pytest.raises(SamplerError, match="not a multiple of block_size"):
         sampler.sample(model, batch_size=1, seq_len=16, generator=torch.Generator())
+
+
+def test_the_results_row_says_which_context_window_was_used(tmp_path):
+    """Finding 2c: the row must say whether the BD3-LM prefix slid (``p_context_window``) and how
+    many rows a block attended (``context_rows``)."""
+    from harness import results
+    from harness.run.sweep import run_experiment
+    from tests.harness.run.test_runner import write_config
+
+    path = write_config(
+        tmp_path,
+        checkpoints={
+            "tiny": {"path": "random:tiny", "vocab_size": 33, "model": {"model_length": 8}}
+        },
+        samplers=[
+            {"sampler": "bd3lm", "params": {"block_size": 4, "context_window": ["full", "sliding"]}}
+        ],
+        seq_lens=[16],
+        batch_sizes=[1],
+        timing={"repeats": 1, "warmup": 1},
+    )
+    df = results.load_results(run_experiment(path, progress=False))
+    assert list(df["status"]) == ["ok", "ok"]
+    rows = dict(zip(df["p_context_window"], df["context_rows"], strict=True))
+    assert rows == {"full": 16, "sliding": 8}
