@@ -354,6 +354,7 @@ def show_table(df: Any) -> str:
     mem = df["peak_alloc_gb"].where(df["peak_alloc_gb"].notna(), df["peak_rss_gb"])
     t["mem_gb"] = mem.map(lambda v: _fmt(float(v)))
     t["J"] = num("energy_j")
+    t["trust"] = df["trust"].fillna("-") if "trust" in df.columns else "-"
     with pd.option_context("display.max_columns", None, "display.width", None):
         return t.to_string(index=False)
 
@@ -374,6 +375,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(show_table(df))
     for _, r in df[df["status"] != "ok"].iterrows():
         print(f"  {r['cell_id']} {r['label']} L={r['seq_len']} b={r['batch_size']}: {r['error']}")
+    if "trust" in df.columns:
+        for _, r in df[df["trust"] == "noisy"].iterrows():
+            where = f"{r['cell_id']} {r['label']} L={r['seq_len']} b={r['batch_size']}"
+            print(f"  noisy {where}: {r['trust_reason']}")
     return 0
 
 
@@ -475,6 +480,11 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "plot": (
         "harness.report.plots",
         "draw the frontier, quality-vs-NFE, speed-up and memory figures of result folders",
+    ),
+    "check-machine": (
+        "harness.measure.machine_check",
+        "report what would make timings unreliable here (load, busy processes, frequency scaling, "
+        "threads)",
     ),
     "report": (
         "harness.report.claims",

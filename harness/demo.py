@@ -58,6 +58,7 @@ def summary_table(df: pd.DataFrame) -> pd.DataFrame:
         "nfe_total": "NFE",
         "gen_ppl": "Gen PPL",
         "entropy_nats": "entropy",
+        "trust": "trust",
     }
     have = [c for c in cols if c in ok.columns]
     return ok[have].rename(columns=cols).reset_index(drop=True)
@@ -114,9 +115,12 @@ def run_demo(
         )
         figs += plots.plot_quality_vs_nfe(ok, out / "gen_ppl_vs_nfe", by="method")
         if ok["sampler"].nunique() > 1:  # speed-ups at matched quality, one front per sampler
-            from harness.report.matched import write_matched_report
+            from harness.report.matched import MatchedReportError, write_matched_report
 
-            figs.append(write_matched_report(run_dir)[0])
+            try:
+                figs.append(write_matched_report(run_dir)[0])
+            except MatchedReportError as e:  # e.g. every row of a method timed under contention
+                print(f"note: no matched-quality report: {e}")
     return run_dir, summary_table(df), figs
 
 
@@ -140,6 +144,22 @@ def prediction_note(run_dir: Path, predict: str) -> str | None:
     return f"note: predicted_s skipped for {missing} of {len(ok)} cells: {why}"
 
 
+def contention_banner(df: pd.DataFrame) -> str | None:
+    """One line when cells were timed under contention (their times are inflated), else None."""
+    if "trust_reason" not in df.columns:
+        return None
+    ok = df[df["status"] == "ok"]
+    hit = ok[ok["trust_reason"].fillna("").str.contains("contention")]
+    if not len(hit):
+        return None
+    worst = hit["others_cores"].max() if "others_cores" in hit.columns else math.nan
+    return (
+        f"WARNING: {len(hit)} of {len(ok)} cells were timed while other processes used our cores "
+        f"(up to {worst:.2f} cores): their times are inflated (trust = noisy). Rerun on a quiet "
+        "machine; `dlmbench check-machine` shows what is busy."
+    )
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return "-" if math.isnan(v) else f"{v:.4g}"
@@ -155,6 +175,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     note = prediction_note(run_dir, args.predict)
     if note:
         print(note)
+    from harness.results import load_results
+
+    banner = contention_banner(load_results(run_dir))
+    if banner:
+        print(banner)
     print(f"\nresults: {run_dir}")
     for f in figs:
         print(f"{'report' if f.suffix == '.md' else 'figure'}:  {f}")

@@ -73,7 +73,14 @@ MEMORY_ENERGY_COLUMNS = [
     "peak_alloc_gb", "peak_reserved_gb", "peak_rss_gb", "nvml_used_gb", "cache_bytes_analytic",
     "energy_j", "j_per_sample", "j_per_token", "energy_method",
 ]  # fmt: skip
-DESIGN_COLUMNS = IDENTITY_COLUMNS + TIMING_COLUMNS + WORK_COLUMNS + MEMORY_ENERGY_COLUMNS
+CONTENTION_COLUMNS = [
+    "load_1m_before", "load_1m_after", "others_cpu_s", "others_cores", "cpu_mhz_min",
+    "cpu_mhz_max", "cpu_governor", "gpu_sm_mhz", "gpu_other_processes", "gpu_throttle",
+    "trust", "trust_reason",
+]  # fmt: skip
+DESIGN_COLUMNS = (
+    IDENTITY_COLUMNS + TIMING_COLUMNS + WORK_COLUMNS + MEMORY_ENERGY_COLUMNS + CONTENTION_COLUMNS
+)
 """Every column ``docs/design.md`` names for the runner (quality columns come later)."""
 
 LIST_COLUMNS = ("wall_s_all", "device_ms_all", "warmup_all_s")

@@ -288,8 +288,12 @@ def nfe_check(ours: pd.DataFrame, paper: pd.Series, our_L: int) -> tuple[str, fl
     return ("match" if ok else "mismatch"), mine, theirs
 
 
-def claims_table(run: str | Path) -> pd.DataFrame:
-    """One row per (published claim, cache variant): measured, predicted and published ratios."""
+def claims_table(run: str | Path, allow_noisy: bool = False) -> pd.DataFrame:
+    """One row per (published claim, cache variant): measured, predicted and published ratios.
+
+    A ratio with a ``noisy`` cell on either side (``trust``, :mod:`harness.measure.contention`)
+    keeps its numbers but gets no verdict (``not judged``) unless ``allow_noisy``.
+    """
     run_dir = resolve_run(str(run))
     df = load_results(run_dir)
     base = load_baselines().set_index("row_id")
@@ -306,11 +310,11 @@ def claims_table(run: str | Path) -> pd.DataFrame:
             [int(x) for x in paper_rows["batch_size"].dropna()],
             [int(x) for x in df["batch_size"].dropna()],
         )
-        records.extend(_claim_records(c, df, base, Lmap, Bmap))
+        records.extend(_claim_records(c, df, base, Lmap, Bmap, allow_noisy))
     return pd.DataFrame.from_records(records)
 
 
-def _claim_records(c, df, base, Lmap, Bmap) -> list[dict[str, Any]]:
+def _claim_records(c, df, base, Lmap, Bmap, allow_noisy=False) -> list[dict[str, Any]]:
     num_b, den_b = base.loc[c["numerator_row"]], base.loc[c["denominator_row"]]
     rec: dict[str, Any] = {
         "claim_id": c["claim_id"],
@@ -353,8 +357,31 @@ def _claim_records(c, df, base, Lmap, Bmap) -> list[dict[str, Any]]:
             r["status"] = f"unpaired: no {side} cell of this variant"
             out.append(r)
             continue
-        out.append(_pair_record(r, num, den, num_b, den_b, L_num, L_den, hw))
+        r = _pair_record(r, num, den, num_b, den_b, L_num, L_den, hw)
+        out.append(r if allow_noisy else withhold_noisy(r, num, den))
     return out
+
+
+def noisy_reasons(cells: pd.DataFrame) -> list[str]:
+    """The distinct ``trust_reason`` kinds of the ``noisy`` cells among ``cells``."""
+    if "trust" not in cells.columns:
+        return []
+    noisy = cells[cells["trust"] == "noisy"]
+    kinds = {str(t).split(":")[0] for r in noisy["trust_reason"].dropna() for t in r.split("; ")}
+    return sorted(kinds)
+
+
+def withhold_noisy(r: dict[str, Any], num: pd.DataFrame, den: pd.DataFrame) -> dict[str, Any]:
+    """A pair record whose cells include a ``noisy`` one: numbers kept, verdicts withheld."""
+    kinds = noisy_reasons(pd.concat([num, den]))
+    if not kinds:
+        return r
+    return {
+        **r,
+        "model_here": "not judged",
+        "model_paper": "not judged",
+        "status": f"noisy ({', '.join(kinds)}): no verdict; --allow-noisy judges it anyway",
+    }
 
 
 def _pair_record(r, num, den, num_b, den_b, L_num, L_den, hw) -> dict[str, Any]:
@@ -451,10 +478,12 @@ def to_markdown(table: pd.DataFrame) -> str:
     return markdown_table(table, [c for c in COLUMNS if c in table.columns])
 
 
-def write_report(run: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+def write_report(
+    run: str | Path, out: str | Path | None = None, allow_noisy: bool = False
+) -> tuple[Path, Path]:
     """Write ``claims.md`` and ``claims.csv`` (atomically) into the run folder or ``out``."""
     run_dir = resolve_run(str(run))
-    table = claims_table(run_dir)
+    table = claims_table(run_dir, allow_noisy)
     dest = Path(out) if out else run_dir
     dest.mkdir(parents=True, exist_ok=True)
     md = (
@@ -473,7 +502,12 @@ def write_report(run: str | Path, out: str | Path | None = None) -> tuple[Path, 
         f"median (denominator); ci_lo/ci_hi: bootstrap 95 % CI, shown only when each cell has "
         f"≥ {MIN_CI_REPEATS} repeats (ci_note says otherwise). nfe_check: our NFE per token vs "
         "the published row's (NFE / L, in the column its nfe_kind names, "
-        f"±{NFE_TOLERANCE:.0%}), where the paper states one.\n\n" + to_markdown(table)
+        f"±{NFE_TOLERANCE:.0%}), where the paper states one. A ratio with a cell whose timing "
+        "is `noisy` (contention, high CV, too few repeats, throttling) keeps its numbers but "
+        "gets no verdict"
+        + (" (judged anyway: --allow-noisy)" if allow_noisy else "")
+        + ".\n\n"
+        + to_markdown(table)
     )
     p_md = atomic_write(dest / "claims.md", lambda p: p.write_text(md))
     p_csv = atomic_write(dest / "claims.csv", lambda p: table.to_csv(p, index=False))
@@ -486,7 +520,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         from harness.report.matched import cmd_matched
 
         return cmd_matched(args)
-    md, _ = write_report(args.run, args.out)
+    md, _ = write_report(args.run, args.out, args.allow_noisy)
     print(md.read_text())
     return 0
 
@@ -501,6 +535,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("kind", choices=["claims", "matched"], help="which report")
     p.add_argument("run", help="run folder, run id or experiment name")
     p.add_argument("--out", default=None, help="folder for the .md / .csv (default: the run)")
+    p.add_argument(
+        "--allow-noisy",
+        action="store_true",
+        help="judge ratios (claims) and fronts (matched) from rows whose trust is noisy too",
+    )
     g = p.add_argument_group("matched")
     g.add_argument("--time", default="s_per_sample", help="time column (default s_per_sample)")
     g.add_argument("--quality", default="gen_ppl", help="quality column (default gen_ppl)")

@@ -65,8 +65,13 @@ def _plain(v: Any) -> str:
     return f"{v:g}" if isinstance(v, float | np.floating) else str(v)
 
 
-def scored_rows(run_dir: Path, time_col: str, quality_col: str, by: str) -> pd.DataFrame:
+def scored_rows(
+    run_dir: Path, time_col: str, quality_col: str, by: str, allow_noisy: bool = False
+) -> pd.DataFrame:
     """The run's ok rows that have both columns, with a ``method`` column.
+
+    Rows whose timing is ``noisy`` (``trust``) are left out unless ``allow_noisy``; their count
+    is in ``ok.attrs["noisy_left_out"]``.
 
     Raises:
         MatchedReportError: the quality column is absent or empty (the run was not scored), or
@@ -80,7 +85,11 @@ def scored_rows(run_dir: Path, time_col: str, quality_col: str, by: str) -> pd.D
         )
     require_columns(df, [time_col, "sampler", "status"], "report matched")
     ok = df[(df["status"] == "ok") & df[time_col].notna() & df[quality_col].notna()].copy()
+    noisy = ok["trust"].eq("noisy") if "trust" in ok.columns else pd.Series(False, ok.index)
+    if not allow_noisy:
+        ok = ok[~noisy].copy()
     ok["method"] = method_column(ok, by)
+    ok.attrs["noisy_left_out"] = 0 if allow_noisy else int(noisy.sum())
     if ok["method"].nunique() < 2:
         raise MatchedReportError(
             f"run {run_dir.name} has scored rows for {ok['method'].nunique()} method(s) "
@@ -153,6 +162,7 @@ def write_matched_report(
     quality_col: str = DEFAULT_QUALITY,
     by: str = "sampler",
     n_levels: int = 5,
+    allow_noisy: bool = False,
 ) -> tuple[Path, Path, pd.DataFrame]:
     """Write ``matched.md`` / ``matched.csv``; returns their paths and the summary table.
 
@@ -161,7 +171,14 @@ def write_matched_report(
         FrontierError: a bad column or level count.
     """
     run_dir = resolve_run(str(run))
-    rows = scored_rows(run_dir, time_col, quality_col, by)
+    rows = scored_rows(run_dir, time_col, quality_col, by, allow_noisy)
+    left_out = rows.attrs.get("noisy_left_out", 0)
+    noisy_note = (
+        f"{left_out} row(s) whose timing is noisy (trust) are left out; `--allow-noisy` keeps "
+        "them.\n\n"
+        if left_out
+        else ""
+    )
     table = matched_quality_speedups(rows, "method", time_col, quality_col, n_levels=n_levels)
     fronts = pareto_front_by(rows, time_col, quality_col, by="method")
     summ = summary(table, fronts, time_col, quality_col)
@@ -174,7 +191,7 @@ def write_matched_report(
         f"For each pair (a, b): the {time_col} each method's Pareto front needs to reach the "
         f"same {quality_col}, interpolated log-log between adjacent front points at {n_levels} "
         "levels over the quality range both fronts cover; ratio = time a / time b (> 1: b is "
-        f"faster). Methods: {by}.\n\n## Summary\n\n"
+        f"faster). Methods: {by}.\n\n{noisy_note}## Summary\n\n"
         + markdown_table(summ)
         + "\n## Every level\n\n"
         + markdown_table(table)
@@ -196,6 +213,7 @@ def cmd_matched(args: argparse.Namespace) -> int:
             quality_col=args.quality,
             by=args.by,
             n_levels=args.levels,
+            allow_noisy=args.allow_noisy,
         )
     except (MatchedReportError, FrontierError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -277,10 +277,27 @@ def frontier_figure(
             )  # fmt: skip
             front = pareto_front(g, x, y)
             ax.plot(front[x], front[y], ls=ls, color=st.color, lw=1.5, zorder=2)
+        _grey_noisy(ax, rows, x, y)
         if baselines is not None:
             _draw_published(ax, baselines, x, y, keys)
         _finish(ax, x, y, logx, _log_default(y) if logy is None else logy, title)
     return fig
+
+
+NOISY_LABEL = "noisy timing (trust: contention, high CV, …)"
+"""Legend entry of the grey marks laid over rows whose timing is not to be trusted."""
+
+
+def _grey_noisy(ax: Axes, rows: pd.DataFrame, x: str, y: str) -> None:
+    """Grey out the points of rows whose ``trust`` is ``noisy`` (their times may be inflated)."""
+    if "trust" not in rows.columns:
+        return
+    noisy = rows[rows["trust"] == "noisy"]
+    if len(noisy):
+        ax.scatter(
+            noisy[x], noisy[y], s=70, color="0.6", alpha=0.85, marker="o", zorder=4,
+            label=NOISY_LABEL,
+        )  # fmt: skip
 
 
 def _draw_published(ax: Axes, bl: pd.DataFrame, x: str, y: str, keys: list[str]) -> None:

@@ -430,7 +430,8 @@ def cell_states(run_dir: str | Path, cells: Sequence[Cell]) -> list[dict[str, An
 
     Returns:
         One dict per cell in sweep order: ``cell_id, label, seq_len, batch_size, seed, state,
-        status, error, where`` (host:pid and Slurm job of a running cell).
+        status, error, trust, where`` (host:pid and Slurm job of a running cell; the reasons of
+        a done cell whose timing is ``noisy``).
     """
     run_dir = Path(run_dir)
     markers = {p.name[: -len(MARKER_SUFFIX)]: read_marker(p) for p in _marker_paths(run_dir)}
@@ -445,7 +446,9 @@ def cell_states(run_dir: str | Path, cells: Sequence[Cell]) -> list[dict[str, An
             "where": None,
         }  # fmt: skip
         if row is not None:
-            entry.update(status=row["status"], error=row["error"])
+            entry.update(status=row["status"], error=row["error"], trust=row.get("trust"))
+            if row.get("trust") == "noisy":
+                entry["where"] = f"noisy timing: {row.get('trust_reason')}"
             entry["state"] = {"ok": "done", "skipped": "skipped"}.get(row["status"], "failed")
         elif info is not None and marker_alive(info, squeue):
             entry["state"] = "running"
@@ -459,10 +462,10 @@ def cell_states(run_dir: str | Path, cells: Sequence[Cell]) -> list[dict[str, An
 
 
 def _status_row(shard: Path) -> dict[str, Any] | None:
-    """A shard's status and error; an unreadable shard is an ``error`` (warned, not moved)."""
+    """A shard's row (status, error, trust); an unreadable shard is an ``error`` (warned)."""
     if not shard.exists():
         return None
-    row = results.try_read_shard(shard, ["status", "error"])
+    row = results.try_read_shard(shard)  # one row: status, error and the trust verdict
     if isinstance(row, results.ShardProblem):
         msg = results.corrupt_message(shard, row)
         results.warn(f"cell {shard.stem}: {msg}.")

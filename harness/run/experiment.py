@@ -57,9 +57,13 @@ from dlmcore.configio import (
 from dlmcore.errors import short_repr
 from dlmcore.registry import did_you_mean
 from dlmcore.yamlio import load_yaml_file
+from harness.measure.contention import TrustThresholds
 from harness.model import modelspec
 from harness.model.config import DiTConfig
 from samplers.base import SAMPLERS, SamplerError, check_family
+
+UNHASHED_TIMING = ("max_other_cores", "max_cv", "min_trusted_repeats")
+"""Timing fields that judge a measurement rather than define it: left out of ``cell_id``."""
 
 CELL_SCHEMA = 1
 """Version of the resolved-cell layout that is hashed; bump it when the layout changes."""
@@ -256,6 +260,13 @@ class TimingConfig:
         min_time_s: keep repeating until the timed total reaches this (optional).
         max_repeats: cap on repeats when ``min_time_s`` is set.
         save_samples: keep the first repeat's token ids in ``full`` mode.
+        max_other_cores: a row is ``noisy`` (contention) when other processes used more than
+            this many cores of ours during its timed repeats.
+        max_cv: a row is ``noisy`` (high CV) past this coefficient of variation of its repeats.
+        min_trusted_repeats: a row with fewer timed repeats is ``noisy`` (too few repeats).
+
+    The last three only judge a measurement (:mod:`harness.measure.contention`); they are not
+    part of the cell's hash, so changing them never re-measures a cell.
     """
 
     mode: Literal["full", "profile"] = "full"
@@ -264,6 +275,17 @@ class TimingConfig:
     min_time_s: float | None = None
     max_repeats: int = 100
     save_samples: bool = True
+    max_other_cores: float = 0.25
+    max_cv: float = 0.10
+    min_trusted_repeats: int = 3
+
+    def trust_thresholds(self) -> TrustThresholds:
+        """The :class:`TrustThresholds` these fields name."""
+        return TrustThresholds(
+            max_other_cores=self.max_other_cores,
+            max_cv=self.max_cv,
+            min_repeats=self.min_trusted_repeats,
+        )
 
     def problems(self) -> list[str]:
         """Range checks."""
@@ -273,6 +295,11 @@ class TimingConfig:
         out += bound_problems("max_repeats", self.max_repeats, 1, MAX_SIZE)
         if self.min_time_s is not None and not 0 < self.min_time_s < math.inf:
             out.append(f"'min_time_s' is {self.min_time_s}; it must be > 0 and finite, or null.")
+        for name in ("max_other_cores", "max_cv"):
+            v = getattr(self, name)
+            if not 0 < v < math.inf:
+                out.append(f"'{name}' is {v}; it must be > 0 and finite.")
+        out += bound_problems("min_trusted_repeats", self.min_trusted_repeats, 1, MAX_SIZE)
         if self.max_repeats < self.repeats:
             out.append(
                 f"'max_repeats' is {self.max_repeats}, below 'repeats' {self.repeats}; raise it."
@@ -897,7 +924,7 @@ class Cell:
             "seed": self.seed,
             "device": self.device,
             "dtype": self.dtype,
-            "timing": to_dict(self.timing),
+            "timing": {k: v for k, v in to_dict(self.timing).items() if k not in UNHASHED_TIMING},
         }
 
     @cached_property

@@ -36,7 +36,7 @@ import torch
 
 from dlmcore.configio import to_dict
 from harness import results
-from harness.measure import costmodel, energy, envinfo, memory
+from harness.measure import contention, costmodel, energy, envinfo, memory
 from harness.model import modelspec
 from harness.run import timing
 from harness.run.experiment import Cell, Experiment, run_id_for
@@ -188,7 +188,9 @@ def time_cell(cell: Cell, model: Any) -> tuple[timing.Measurement, SampleResult]
             reset=lambda: gen.set_state(state),
             min_time_s=cell.timing.min_time_s,
             max_repeats=cell.timing.max_repeats,
-            meter=energy.EnergyMeter(cell.device),
+            meter=timing.MeterGroup(
+                energy.EnergyMeter(cell.device), contention.ContentionMeter(cell.device)
+            ),
             on_first_warmup=lambda: nonfinite_guard(model),
         )
     return meas, meas.first
@@ -207,6 +209,7 @@ def measure_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     row.update(memory.read_peaks(cell.device))
     row["cache_bytes_analytic"] = _cache_bytes(cell)
     row.update(energy_columns(cell, meas))
+    row.update(contention_columns(cell, meas, row))
     row["content_tokens_mean"] = _content_tokens(cell, result)
     if cell.timing.mode == "full" and cell.timing.save_samples:
         row["samples_file"] = results.save_samples(ctx.run_dir, cell.cell_id, result.tokens)
@@ -433,6 +436,15 @@ def work_columns(
         "predicted_s": predicted,
         "predicted_ratio": wall / predicted if predicted and predicted > 0 else math.nan,
     }
+
+
+def contention_columns(cell: Cell, meas: timing.Measurement, row: dict[str, Any]) -> dict[str, Any]:
+    """What the machine did during the timed window, and the ``trust`` verdict of the row."""
+    reading = meas.meter or {}
+    cols = {k: reading.get(k, math.nan) for k in contention.METER_COLUMNS}
+    cols["cpu_governor"] = reading.get("cpu_governor")
+    cols.update(contention.trust_verdict({**row, **cols}, cell.timing.trust_thresholds()))
+    return cols
 
 
 def energy_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:

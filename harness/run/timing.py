@@ -36,6 +36,25 @@ class Meter(Protocol):
         ...
 
 
+class MeterGroup:
+    """Several meters opened and closed together; ``stop`` merges their readings."""
+
+    def __init__(self, *meters: Meter) -> None:
+        self.meters = meters
+
+    def start(self) -> None:
+        """Open every meter, in order."""
+        for m in self.meters:
+            m.start()
+
+    def stop(self) -> dict:
+        """Close them in reverse order and merge their readings (keys must not clash)."""
+        out: dict = {}
+        for m in reversed(self.meters):
+            out.update(m.stop())
+        return out
+
+
 def synchronize(device: str) -> None:
     """Wait for all queued work on ``device`` (no-op on the CPU)."""
     if device.startswith("cuda"):

@@ -98,6 +98,8 @@ def cases(tmp: Path) -> dict[str, list[str]]:
         "train-wrong-types": ["train", str(train_bad)],
         "train-override-wrong-type": ["train", str(train_bad), "steps=abc", "lr=[1]"],
         "train-non-utf8": ["train", str(tmp / "latin1.yaml")],
+        "check-machine-bad-seconds": ["check-machine", "--seconds", "-1"],
+        "check-machine-huge-seconds": ["check-machine", "--seconds", "1e9"],
         "convert-missing": ["convert-ckpt", missing + ".ckpt", str(tmp / "out")],
         "convert-corrupt": ["convert-ckpt", str(tmp / "corrupt.ckpt"), str(tmp / "out2")],
         "quality-missing-run": ["quality", "no-such-run", "--evaluator", "dit:" + missing],
@@ -147,9 +149,8 @@ def test_every_command_has_a_bad_input_case():
 
     parser = cli.build_parser(None)
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    covered = {
-        n.split("-")[0] if not n.startswith("convert") else "convert-ckpt" for n in _case_names()
-    }
+    long_names = {"convert": "convert-ckpt", "check": "check-machine"}
+    covered = {long_names.get(n.split("-")[0], n.split("-")[0]) for n in _case_names()}
     assert set(sub.choices) <= covered
 
 

@@ -92,3 +92,21 @@ def test_methods_split_by_a_parameter():
     labels = matched.method_column(df, "sampler,p_num_steps")
     assert labels.iloc[0] == "a (num_steps=1)"
     assert list(matched.method_column(df, "sampler")[:2]) == ["a", "a"]
+
+
+def test_noisy_rows_are_left_out_unless_allowed(tmp_path: Path, monkeypatch):
+    """Issue 14: a row timed under contention does not enter a speed-up unless asked to."""
+    run_dir = tmp_path / "results" / "r-1"
+    run_dir.mkdir(parents=True)
+    frame = scored(ROWS)
+    # b's fastest point, timed under contention, would otherwise make b look 2x faster than a
+    frame["trust"] = ["ok"] * len(frame)
+    frame["trust_reason"] = None
+    slow_b = (frame.sampler == "b") & (frame.p_num_steps == 1)
+    frame.loc[slow_b, ["trust", "trust_reason"]] = ["noisy", "contention: 0.9 cores"]
+    monkeypatch.setattr(matched, "resolve_run", lambda spec: run_dir)
+    monkeypatch.setattr(matched, "load_results", lambda d: frame.copy())
+    text = matched.write_matched_report("r-1", n_levels=3)[0].read_text()
+    assert "1 row(s) whose timing is noisy" in text and "b spans [25, 50]" in text
+    text = matched.write_matched_report("r-1", n_levels=3, allow_noisy=True)[0].read_text()
+    assert "noisy" not in text and "b spans [25, 100]" in text

@@ -156,6 +156,19 @@ def test_frontier_hull_skips_dominated_points_and_errors_come_from_the_ci():
     assert got == [(0.75, 1.5), (1.75, 2.25), (2.75, 3.25), (3.75, 4.5)]  # CI / batch_size
 
 
+def test_noisy_rows_are_greyed_on_the_frontier():
+    """Issue 14: points whose timing is noisy are marked, and only those."""
+    df = pd.DataFrame({
+        "sampler": "esolm", "s_per_sample": [1.0, 2.0, 4.0], "gen_ppl": [80.0, 40.0, 30.0],
+        "trust": ["ok", "noisy", "ok"],
+    })  # fmt: skip
+    ax = plots.frontier_figure(df).axes[0]
+    grey = [c for c in ax.collections if c.get_label() == plots.NOISY_LABEL]
+    assert len(grey) == 1 and grey[0].get_offsets().tolist() == [[2.0, 40.0]]
+    ax = plots.frontier_figure(df.assign(trust="ok")).axes[0]
+    assert not [c for c in ax.collections if c.get_label() == plots.NOISY_LABEL]
+
+
 def bar_heights(fig) -> dict[str, list[float]]:
     return {c.get_label(): [p.get_height() for p in c.patches] for c in fig.axes[0].containers
             if hasattr(c, "patches")}  # fmt: skip

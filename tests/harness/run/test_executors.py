@@ -44,6 +44,7 @@ MEASURED = {
     "j_per_sample", "j_per_token", "power_w_mean", "energy_method", "env_id",
     "repeats", "low_repeat",  # with timing.min_time_s the repeat count follows the speed
     *cellrun.WORKER_COLUMNS,
+    *results.CONTENTION_COLUMNS,  # what the machine did while the cell was timed, and the verdict
 }  # fmt: skip
 """Columns that may differ between executors: timings, environment, worker identity."""
 

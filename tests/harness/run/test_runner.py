@@ -84,7 +84,9 @@ def design_result_columns() -> list[str]:
     doc = (Path(__file__).resolve().parents[3] / "docs" / "design.md").read_text()
     section = doc.split("## Results")[1].split("\n## ")[0]
     paras = [
-        p for p in section.split("\n\n") if p.startswith(("Identity", "Timing", "Work", "Memory"))
+        p
+        for p in section.split("\n\n")
+        if p.startswith(("Identity", "Timing", "Work", "Memory", "Contention"))
     ]
     values = {
         "ok",
@@ -96,6 +98,7 @@ def design_result_columns() -> list[str]:
         "nvml_counter",
         "power_integration",
         "none",
+        "noisy",
     }
     names = re.findall(r"`([a-z0-9_]+)`", " ".join(paras))
     return [n for n in names if n not in values]
@@ -127,7 +130,14 @@ def test_every_results_column_of_the_design_doc_is_written(tmp_path):
         "nvml_used_gb",
         "cache_bytes_analytic",
         "context_rows",
-    }  # CPU / placeholder / BD3-LM only
+        "cpu_mhz_min",
+        "cpu_mhz_max",
+        "cpu_governor",
+        "gpu_sm_mhz",
+        "gpu_other_processes",
+        "gpu_throttle",
+        "trust_reason",
+    }  # CPU / placeholder / BD3-LM only / not exposed in a VM / None when trusted
     empty = [n for n in measured if n not in nan_ok and df[n].isna().any()]
     assert empty == []
 
