@@ -239,3 +239,55 @@ def trust_verdict(row: dict[str, Any], th: TrustThresholds | None = None) -> dic
     """``trust`` (``ok`` / ``noisy``) and ``trust_reason`` ("; "-joined, or None) of a row."""
     reasons = trust_reasons(row, th or TrustThresholds())
     return {"trust": "noisy" if reasons else "ok", "trust_reason": "; ".join(reasons) or None}
+
+
+CONTENTION_POLICIES = ("warn", "wait", "refuse")
+"""``timing.contention``: what the runner does about other processes on our cores."""
+
+PROBE_S = 0.5
+"""Length of one look at the cores before a cell is timed (``wait`` / ``refuse``)."""
+
+
+def probe_others_cores(seconds: float = PROBE_S) -> float:
+    """Cores of ours that other processes used over the next ``seconds`` (NaN where unknown)."""
+    cpus = our_cpus()
+    before = read_counters(cpus)
+    time.sleep(seconds)
+    return window_columns(before, read_counters(cpus))["others_cores"]
+
+
+def wait_until_quiet(
+    limit: float, max_wait_s: float, probe: Any = probe_others_cores
+) -> tuple[bool, float, float]:
+    """Probe until other processes use at most ``limit`` cores of ours, or ``max_wait_s`` passes.
+
+    Returns:
+        ``(quiet, last others_cores, seconds waited)``; an unknown reading counts as quiet.
+    """
+    start = time.perf_counter()
+    while True:
+        others = probe()
+        waited = time.perf_counter() - start
+        if not others > limit:
+            return True, others, waited
+        if waited >= max_wait_s:
+            return False, others, waited
+
+
+def idle_cores(others: float, cpus: int | None = None) -> int:
+    """Cores of ours left idle when others use ``others`` cores (half a core of noise is kept)."""
+    n = cpus if cpus is not None else len(our_cpus())
+    return max(0, n - round(others)) if not math.isnan(others) else n
+
+
+def oversubscription_warning(threads: int, others: float, cpus: int | None = None) -> str | None:
+    """A warning when ``threads`` exceed the idle cores (OpenMP's oversubscription trap)."""
+    idle = idle_cores(others, cpus)
+    if threads <= idle:
+        return None
+    return (
+        f"{threads} torch threads but only {idle} idle core(s): other processes use "
+        f"{others:.2f} cores of ours. Timings may be many times too slow (OpenMP "
+        "oversubscription); stop the other work, or set OMP_NUM_THREADS / torch threads to the "
+        "idle cores (`dlmbench check-machine` shows what is busy)."
+    )

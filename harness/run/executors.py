@@ -89,6 +89,7 @@ def run_local(
     """
     with results.run_lock(Path(exp.output_dir) / (run_id or run_id_for(exp, cells))):
         ctx, done = runner.prepare_run(exp, cells, run_id)
+        warn_oversubscription(exp)
         pending = runner.pending_cells(cells, done, retry_failed)
         if retry_failed:
             ctx.oom.clear()
@@ -698,3 +699,21 @@ def status_counts(states: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Counts per state, in :data:`harness.run.cellrun.STATES` order."""
     counter = collections.Counter(s["state"] for s in states)
     return {k: counter.get(k, 0) for k in cellrun.STATES}
+
+
+START_PROBE_S = 0.25
+"""How long a CPU sweep looks at its cores before starting (the oversubscription warning)."""
+
+
+def warn_oversubscription(exp: Experiment, probe: Callable[[], float] | None = None) -> None:
+    """Say loudly, at the start of a CPU sweep, when torch's threads exceed the idle cores."""
+    if not exp.device.startswith("cpu"):
+        return
+    import torch
+
+    from harness.measure import contention
+
+    others = (probe or (lambda: contention.probe_others_cores(START_PROBE_S)))()
+    msg = contention.oversubscription_warning(torch.get_num_threads(), others)
+    if msg:
+        results.warn(msg)

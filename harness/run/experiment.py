@@ -62,7 +62,7 @@ from harness.model import modelspec
 from harness.model.config import DiTConfig
 from samplers.base import SAMPLERS, SamplerError, check_family
 
-UNHASHED_TIMING = ("max_other_cores", "max_cv", "min_trusted_repeats")
+UNHASHED_TIMING = ("max_other_cores", "max_cv", "min_trusted_repeats", "contention", "max_wait_s")
 """Timing fields that judge a measurement rather than define it: left out of ``cell_id``."""
 
 CELL_SCHEMA = 1
@@ -264,9 +264,14 @@ class TimingConfig:
             this many cores of ours during its timed repeats.
         max_cv: a row is ``noisy`` (high CV) past this coefficient of variation of its repeats.
         min_trusted_repeats: a row with fewer timed repeats is ``noisy`` (too few repeats).
+        contention: before timing each cell, ``warn`` (time it, flag the row and say so),
+            ``wait`` (look at the cores until other processes use at most ``max_other_cores``,
+            up to ``max_wait_s``, then time it) or ``refuse`` (record it ``skipped`` while they
+            do).
+        max_wait_s: the longest ``contention: wait`` waits per cell.
 
-    The last three only judge a measurement (:mod:`harness.measure.contention`); they are not
-    part of the cell's hash, so changing them never re-measures a cell.
+    The last five only judge or schedule a measurement (:mod:`harness.measure.contention`);
+    they are not part of the cell's hash, so changing them never re-measures a cell.
     """
 
     mode: Literal["full", "profile"] = "full"
@@ -278,6 +283,8 @@ class TimingConfig:
     max_other_cores: float = 0.25
     max_cv: float = 0.10
     min_trusted_repeats: int = 3
+    contention: Literal["warn", "wait", "refuse"] = "warn"
+    max_wait_s: float = 60.0
 
     def trust_thresholds(self) -> TrustThresholds:
         """The :class:`TrustThresholds` these fields name."""
@@ -300,6 +307,8 @@ class TimingConfig:
             if not 0 < v < math.inf:
                 out.append(f"'{name}' is {v}; it must be > 0 and finite.")
         out += bound_problems("min_trusted_repeats", self.min_trusted_repeats, 1, MAX_SIZE)
+        if not 0 <= self.max_wait_s <= 86400:
+            out.append(f"'max_wait_s' is {self.max_wait_s}; it must lie in 0 … 86400 seconds.")
         if self.max_repeats < self.repeats:
             out.append(
                 f"'max_repeats' is {self.max_repeats}, below 'repeats' {self.repeats}; raise it."

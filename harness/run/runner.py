@@ -230,6 +230,9 @@ def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     too_big = memory_problem(cell, ctx)
     if too_big is not None:
         return identity_columns(cell, ctx, "skipped", too_big)
+    busy = contention_problem(cell)
+    if busy is not None:
+        return identity_columns(cell, ctx, "skipped", busy)
     try:
         return measure_cell(cell, ctx)
     except Exception as e:  # noqa: BLE001 -- a failed cell is recorded, never dropped
@@ -310,6 +313,36 @@ def memory_problem(cell: Cell, ctx: RunContext) -> str | None:
         f"activations at b={cell.batch_size}, L={cell.seq_len}) > {available / memory.GB:.3g} GB "
         f"available on {cell.device}; free memory or lower the batch, then rerun with "
         f"--retry-failed ({MEMORY_CHECK_ENV}=0 runs it anyway)"
+    )
+
+
+def contention_problem(cell: Cell, probe: Any = None) -> str | None:
+    """Apply ``timing.contention`` before a cell is timed; a reason to skip it, or None.
+
+    ``warn``: nothing here (the row's ``trust`` says what happened). ``wait``: look at the cores
+    until they are quiet or ``max_wait_s`` passes, then time the cell either way (a message says
+    which). ``refuse``: skip the cell while other processes use more than ``max_other_cores``.
+    """
+    t = cell.timing
+    if t.contention == "warn":
+        return None
+    probe = probe or contention.probe_others_cores
+    wait_s = t.max_wait_s if t.contention == "wait" else 0.0
+    quiet, others, waited = contention.wait_until_quiet(t.max_other_cores, wait_s, probe)
+    if quiet:
+        if waited >= contention.PROBE_S * 1.5:
+            results.warn(f"{cell.label}: waited {waited:.0f} s for the cores to quieten.")
+        return None
+    if t.contention == "wait":
+        results.warn(
+            f"{cell.label}: other processes still use {others:.2f} cores of ours after "
+            f"{waited:.0f} s; timing it anyway (its row will say noisy)."
+        )
+        return None
+    return (
+        f"Skipped: other processes used {others:.2f} cores of ours (limit "
+        f"{t.max_other_cores}) and timing.contention is refuse; stop them, then rerun with "
+        "--retry-failed (or set timing.contention: wait)"
     )
 
 

@@ -147,3 +147,70 @@ def test_demo_banner_names_the_contended_cells_only():
     banner = contention_banner(df)
     assert banner.startswith("WARNING: 1 of 3 cells") and "0.90 cores" in banner
     assert contention_banner(df.assign(trust_reason=None)) is None
+
+
+def readings(*values):
+    """A probe returning ``values`` in turn (others_cores per look), counting its calls."""
+    it = iter(values)
+
+    def probe():
+        probe.calls += 1
+        return next(it)
+
+    probe.calls = 0
+    return probe
+
+
+def test_wait_until_quiet_returns_at_the_first_quiet_look_or_at_the_limit():
+    probe = readings(0.9, 0.8, 0.1)
+    assert ct.wait_until_quiet(0.25, 60.0, probe)[:2] == (True, 0.1) and probe.calls == 3
+    probe = readings(0.9, 0.9)
+    quiet, others, _ = ct.wait_until_quiet(0.25, 0.0, probe)
+    assert (quiet, others, probe.calls) == (False, 0.9, 1)
+    assert ct.wait_until_quiet(0.25, 0.0, readings(math.nan))[0]  # unknown: do not block
+
+
+def contention_cell(tmp_path: Path, policy: str):
+    from harness.run.experiment import load_experiment
+
+    path = write_config(
+        tmp_path, samplers=[{"sampler": "mdlm", "params": {"num_steps": 2}}], batch_sizes=[1],
+        timing={"repeats": 3, "warmup": 1, "contention": policy, "max_wait_s": 0.0},
+    )  # fmt: skip
+    return load_experiment(path)[1][0]
+
+
+@pytest.mark.parametrize("policy", ["warn", "wait", "refuse"])
+def test_contention_policy_before_a_cell(policy, tmp_path, capsys):
+    from harness.run.runner import contention_problem
+
+    cell = contention_cell(tmp_path, policy)
+    probe = readings(0.9, 0.9)
+    reason = contention_problem(cell, probe)
+    if policy == "refuse":
+        assert reason.startswith("Skipped: other processes used 0.90 cores") and probe.calls == 1
+    else:
+        assert reason is None
+        assert probe.calls == (0 if policy == "warn" else 1)
+    if policy == "wait":
+        assert "timing it anyway" in capsys.readouterr().err
+    assert contention_problem(cell, readings(0.0)) is None
+
+
+def test_policy_fields_do_not_change_the_cell_id(tmp_path):
+    ids = {contention_cell(tmp_path, p).cell_id for p in ("warn", "wait", "refuse")}
+    assert len(ids) == 1
+
+
+def test_oversubscription_is_said_loudly_at_the_start_of_a_cpu_sweep(tmp_path, capsys):
+    from harness.run.executors import warn_oversubscription
+    from harness.run.experiment import load_experiment
+
+    exp, _ = load_experiment(cell_config(tmp_path))
+    threads = __import__("torch").get_num_threads()
+    warn_oversubscription(exp, lambda: float(len(ct.our_cpus())))  # every core busy elsewhere
+    assert f"{threads} torch threads but only 0 idle core(s)" in capsys.readouterr().err
+    warn_oversubscription(exp, lambda: 0.0)
+    assert capsys.readouterr().err == ""
+    assert ct.oversubscription_warning(2, 0.4, cpus=2) is None  # under half a core: noise
+    assert ct.oversubscription_warning(2, 0.6, cpus=2).startswith("2 torch threads but only 1")
