@@ -501,8 +501,9 @@ def _measured_ratios(
         if time_col == "wall_s" and {"wall_s_ci_lo", "wall_s_ci_hi"} <= set(df.columns):
             lo = float(ra["wall_s_ci_lo"].iloc[0]) / float(rb["wall_s_ci_hi"].iloc[0])
             hi = float(ra["wall_s_ci_hi"].iloc[0]) / float(rb["wall_s_ci_lo"].iloc[0])
-        out.append({"L": int(L), "ratio": t1 / t2, "lo": lo, "hi": hi})
-    return pd.DataFrame(out, columns=["L", "ratio", "lo", "hi"])
+        noisy = any("trust" in r.columns and r["trust"].iloc[0] == "noisy" for r in (ra, rb))
+        out.append({"L": int(L), "ratio": t1 / t2, "lo": lo, "hi": hi, "noisy": noisy})
+    return pd.DataFrame(out, columns=["L", "ratio", "lo", "hi", "noisy"])
 
 
 def _published_ratios(claims: pd.DataFrame | None, num: dict, den: dict) -> pd.DataFrame:
@@ -640,15 +641,18 @@ def _draw_bars(ax: Axes, bars: list, lengths: list[int]) -> None:
         if kind == "published":
             hw = ", ".join(sorted(set(t["hardware"].dropna())))
             tag = f"published, {hw}" if hw else "published"
-        ax.bar(
+        container = ax.bar(
             xs, ratio, width=width * 0.95, yerr=np.clip(err, 0, None), capsize=2,
             color=color if kind == "ours" else "white", edgecolor=color,
             hatch=None if kind == "ours" else "///", lw=1.2, label=f"{label} ({tag})",
         )  # fmt: skip
-        for xv, rv in zip(xs, ratio):
+        noisy = t["noisy"].fillna(False).to_numpy(bool) if "noisy" in t else [False] * len(t)
+        for patch, xv, rv, nz in zip(container.patches, xs, ratio, noisy):
+            if nz:  # a side was timed under contention, or varied too much: greyed, labelled
+                patch.set_facecolor("0.8")
             ax.annotate(
-                f"{rv:.3g}×", (xv, rv), ha="center", va="bottom", fontsize="xx-small",
-                rotation=90, xytext=(0, 3), textcoords="offset points",
+                f"{rv:.3g}×{' noisy' if nz else ''}", (xv, rv), ha="center", va="bottom",
+                fontsize="xx-small", rotation=90, xytext=(0, 3), textcoords="offset points",
             )  # fmt: skip
 
 

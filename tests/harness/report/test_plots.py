@@ -191,6 +191,19 @@ def test_speedup_bars_hold_measured_and_published_ratios():
     assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["2048", "8192"]
 
 
+def test_speedup_bars_of_noisy_cells_are_greyed_and_labelled():
+    """Issue 14: a ratio with a noisy side is marked on the speed-up bars, the others are not."""
+    d = results()
+    d = d[d.p_num_steps == 256].assign(trust="ok")
+    d.loc[(d.sampler == "mdlm") & (d.seq_len == 8192), "trust"] = "noisy"
+    ax = plots.speedup_figure(d).axes[0]
+    mdlm = next(c for c in ax.containers if c.get_label() == "mdlm / esolm (ours)")
+    assert [hexcolor(p.get_facecolor()) for p in mdlm.patches][1] == "#CCCCCC"
+    assert hexcolor(mdlm.patches[0].get_facecolor()) == style_for("mdlm").color
+    texts = [t.get_text() for t in ax.texts]
+    assert texts.count("10× noisy") == 1
+
+
 def test_speedup_splits_by_every_varying_parameter_and_draws_a_claim_once():
     d = results()
     d = d[d.p_num_steps == 256].assign(p_cache=None)
