@@ -141,11 +141,7 @@ class FixedLogitsModel(nn.Module):
             return None
         return self._logits(x, torch.arange(start, start + n, device=x.device), None)
 
-    @staticmethod
-    def block_causal_mask(n: int, block_size: int, device: Any = None) -> Tensor:
-        """Denoiser protocol's BD3-LM mask: key k visible to query q iff block(k) <= block(q)."""
-        blk = torch.arange(n, device=device) // block_size
-        return blk[None, :] <= blk[:, None]
+    block_causal_mask = staticmethod(block_causal_mask)  # the network's own (denoiser protocol)
 
     def new_kv_cache(
         self, batch_size: int, length: int, *, dtype: Any = None, device: Any = None
