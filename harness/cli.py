@@ -300,11 +300,27 @@ def ls_checkpoints() -> list[str]:
     return out
 
 
+def ls_tasks() -> list[str]:
+    """Built-in tasks: levels, scoring normalisation, a sample prompt and answer per level."""
+    from harness.tasks.suite import TASKS, generate
+
+    out = ["built-in tasks (experiment `tasks: {names: [...], levels: [...], n: N}`; a JSONL "
+           "file: `tasks: {file: path}`):"]  # fmt: skip
+    for name in TASKS.names():
+        spec = TASKS.get(name)
+        out.append(f"{name}  {spec.description}  (normalisation: {spec.normalisation})")
+        for level in spec.levels:
+            ex = generate(name, level, 1, 0)[0]
+            out.append(f"    level {level}: {ex.prompt!r} -> {ex.answer!r}")
+    return out
+
+
 LS_TOPICS: dict[str, Callable[[], list[str]]] = {
     "samplers": ls_samplers,
     "schedules": ls_schedules,
     "checkpoints": ls_checkpoints,
     "sizes": ls_sizes,
+    "tasks": ls_tasks,
 }
 
 
@@ -488,7 +504,8 @@ MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "report": (
         "harness.report.claims",
-        "reports over a run: claims (published ratios) or matched (speed-ups at matched quality)",
+        "reports over a run: claims (published ratios), matched (speed-ups at matched "
+        "quality) or leaderboard (samplers ranked by accuracy under parallelism)",
     ),
 }
 """Commands that live beside the code they drive: name → (module with ``add_parser``, help).

@@ -515,24 +515,30 @@ def write_report(
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    """``dlmbench report claims RUN`` / ``dlmbench report matched RUN``."""
+    """``dlmbench report claims|matched|leaderboard RUN``."""
     if args.kind == "matched":
         from harness.report.matched import cmd_matched
 
         return cmd_matched(args)
+    if args.kind == "leaderboard":
+        from harness.report.leaderboard import cmd_leaderboard
+
+        return cmd_leaderboard(args)
     md, _ = write_report(args.run, args.out, args.allow_noisy)
     print(md.read_text())
     return 0
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``report {claims,matched} RUN``."""
+    """Register ``report {claims,matched,leaderboard} RUN``."""
+    from harness.report.leaderboard import add_arguments as add_leaderboard_arguments
+
     p = subparsers.add_parser(
         "report",
-        help="reports over a run: claims (published ratios) or matched (speed-ups at matched "
-        "quality)",
+        help="reports over a run: claims (published ratios), matched (speed-ups at matched "
+        "quality) or leaderboard (samplers ranked by accuracy under parallelism)",
     )
-    p.add_argument("kind", choices=["claims", "matched"], help="which report")
+    p.add_argument("kind", choices=["claims", "matched", "leaderboard"], help="which report")
     p.add_argument("run", help="run folder, run id or experiment name")
     p.add_argument("--out", default=None, help="folder for the .md / .csv (default: the run)")
     p.add_argument(
@@ -547,5 +553,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--by", default="sampler", help="method columns, comma-separated (default sampler)"
     )
     g.add_argument("--levels", type=int, default=5, help="quality levels per pair (default 5)")
+    add_leaderboard_arguments(p)
     p.set_defaults(fn=cmd_report)
     return p
