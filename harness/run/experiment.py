@@ -28,6 +28,7 @@ resume. Labels and the order of YAML keys and lists do not enter the hash.
 from __future__ import annotations
 
 import collections
+import contextlib
 import contextvars
 import copy
 import dataclasses
@@ -54,7 +55,7 @@ from dlmcore.configio import (
     parse_scalar,
     to_dict,
 )
-from dlmcore.errors import short_repr
+from dlmcore.errors import UserError, short_repr
 from dlmcore.registry import did_you_mean
 from dlmcore.yamlio import load_yaml_file
 from harness.measure.contention import TrustThresholds
@@ -462,6 +463,104 @@ def executor_problems(ex: ExecutorConfig, device: str) -> list[str]:
     return out
 
 
+MAX_TASK_EXAMPLES = 100_000
+"""Most examples per task and level (each is generated, tokenised and scored)."""
+
+
+@dataclass(frozen=True)
+class TasksConfig:
+    """Prompted tasks: every cell answers these prompts and is scored by exact match.
+
+    With tasks, ``seq_lens`` are generation lengths (the answer budget after each prompt, as
+    LLaDA's ``gen_length``), and each cell is one task × level (built-in) or the task file.
+
+    Attributes:
+        names: built-in tasks (``dlmbench ls tasks``); empty for none.
+        levels: difficulty levels of the built-in tasks.
+        n: examples per task × level (the first ``n`` lines of ``file``).
+        seed: the examples' generation seed (built-in tasks are deterministic per seed).
+        file: a JSONL task file, one ``{"prompt": …, "answer": …}`` per line.
+    """
+
+    names: tuple[str, ...] = ()
+    levels: tuple[int, ...] = (1,)
+    n: int = 32
+    seed: int = 0
+    file: str | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the experiment has tasks at all."""
+        return bool(self.names) or self.file is not None
+
+    def problems(self) -> list[str]:
+        """Known task names and levels, a readable task file, sane counts."""
+        out = bound_problems("tasks.n", self.n, 1, MAX_TASK_EXAMPLES)
+        out += _axis_problems("tasks.levels", self.levels, 0, 1000, "[1, 2]")
+        out += bound_problems("tasks.seed", self.seed, 0, MAX_SEED)
+        if self.names:
+            from harness.tasks.suite import TASKS
+
+            for name in self.names:
+                if name not in TASKS:
+                    out.append(f"tasks.names: {TASKS.unknown_message(key_text(name))}")
+                    continue
+                allowed = tuple(TASKS.get(name).levels)
+                out += [
+                    f"tasks.levels: task '{name}' has no level {lv}; it has levels "
+                    f"{short_repr(list(allowed))}."
+                    for lv in self.levels
+                    if lv not in allowed
+                ]
+        if self.file is not None:
+            from harness.tasks.files import load_jsonl
+
+            try:
+                load_jsonl(self.file)
+            except (UserError, OSError) as e:
+                out.append(f"tasks.file: {e}")
+        return out
+
+    def refs(self) -> list[TaskRef]:
+        """One :class:`TaskRef` per cell-defining task: built-in task × level, then the file."""
+        out = [
+            TaskRef(name=n, level=lv, n=self.n, seed=self.seed)
+            for n in self.names
+            for lv in self.levels
+        ]
+        if self.file is not None:
+            with contextlib.suppress(OSError):  # an unreadable file is one of problems()
+                out.append(TaskRef.of_file(self.file, self.n))
+        return out
+
+
+@dataclass(frozen=True)
+class TaskRef:
+    """The task of one cell: a built-in task at a level, or a task file (by content hash)."""
+
+    name: str
+    level: int
+    n: int
+    seed: int = 0
+    file: str | None = None
+    file_sha256: str | None = None
+
+    @classmethod
+    def of_file(cls, path: str, n: int) -> TaskRef:
+        """The file's task, ``jsonl:<stem>``; its content hash (not its path) keys the cell."""
+        from harness.tasks.files import task_name
+
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return cls(name=task_name(path), level=0, n=n, file=path, file_sha256=digest)
+
+    def hashed(self) -> dict[str, Any]:
+        """What defines the examples (the file's content, not its path)."""
+        out = {"name": self.name, "level": self.level, "n": self.n, "seed": self.seed}
+        if self.file_sha256:
+            out["file_sha256"] = self.file_sha256
+        return out
+
+
 @dataclass(frozen=True)
 class Experiment:
     """A whole sweep: checkpoints × samplers × params × seq_lens × batch_sizes × seeds.
@@ -481,6 +580,8 @@ class Experiment:
         executor: where the cells run; see :class:`ExecutorConfig` (not hashed into cells).
         max_cells: the most cells the grid may expand to (:func:`grid_size`, computed before
             anything is expanded); raise it for a deliberately large sweep.
+        tasks: prompted tasks (:class:`TasksConfig`); with them every cell is a task × level
+            scored by exact match, and ``seq_lens`` are generation lengths.
     """
 
     name: str
@@ -495,6 +596,7 @@ class Experiment:
     output_dir: str = "results"
     executor: ExecutorConfig = field(default_factory=ExecutorConfig)
     max_cells: int = MAX_CELLS
+    tasks: TasksConfig = field(default_factory=TasksConfig)
 
     def problems(self) -> list[str]:
         """Cross-field checks; a field left ``None`` was malformed and is skipped."""
@@ -896,6 +998,7 @@ class Cell:
         device: device string.
         dtype: ``float32`` or ``bfloat16``.
         timing: the timing settings.
+        task: the prompted task of the cell (``seq_len`` is then the generation length).
     """
 
     index: int
@@ -911,6 +1014,7 @@ class Cell:
     device: str
     dtype: str
     timing: TimingConfig
+    task: TaskRef | None = None
 
     @property
     def params(self) -> dict[str, Any]:
@@ -934,6 +1038,8 @@ class Cell:
             "device": self.device,
             "dtype": self.dtype,
             "timing": {k: v for k, v in to_dict(self.timing).items() if k not in UNHASHED_TIMING},
+            # only task cells carry the key, so cells without tasks keep their ids
+            **({"task": self.task.hashed()} if self.task is not None else {}),
         }
 
     @cached_property
@@ -1036,6 +1142,8 @@ def entry_size(spec: SamplerSpec, config_class: type) -> int:
 def grid_size(exp: Experiment) -> int:
     """How many cells ``exp`` expands to, by arithmetic alone (unknown samplers count 0)."""
     per_combo = math.prod(len(x or ()) for x in (exp.seq_lens, exp.batch_sizes, exp.seeds))
+    if exp.tasks is not None and exp.tasks.enabled:
+        per_combo *= len(exp.tasks.names) * len(exp.tasks.levels) + (exp.tasks.file is not None)
     combos = sum(
         entry_size(s, SAMPLERS.get(s.sampler).config_class)
         for s in exp.samplers or ()
@@ -1160,7 +1268,11 @@ def _cells_of(
     ):
         return []
     out = []
-    for L, b, seed in itertools.product(sorted(exp.seq_lens), sorted(exp.batch_sizes), exp.seeds):
+    tasks: list[TaskRef | None] = [None]
+    if exp.tasks is not None and exp.tasks.enabled:
+        tasks = list(exp.tasks.refs())
+    grid = itertools.product(tasks, sorted(exp.seq_lens), sorted(exp.batch_sizes), exp.seeds)
+    for task, L, b, seed in grid:
         out.append(
             Cell(
                 index=start + len(out),
@@ -1176,6 +1288,7 @@ def _cells_of(
                 device=exp.device,
                 dtype=exp.dtype,
                 timing=exp.timing,
+                task=task,
             )
         )
     return out

@@ -38,7 +38,7 @@ from dlmcore.configio import to_dict
 from harness import results
 from harness.measure import contention, costmodel, energy, envinfo, memory
 from harness.model import modelspec
-from harness.run import timing
+from harness.run import taskcell, timing
 from harness.run.experiment import Cell, Experiment, run_id_for
 from harness.run.experiment import stable_hash as _hash
 from samplers.base import SAMPLERS, SampleResult, check_family
@@ -198,6 +198,8 @@ def time_cell(cell: Cell, model: Any) -> tuple[timing.Measurement, SampleResult]
 
 def measure_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     """Run one cell and return its full ``ok`` row (exceptions propagate to :func:`run_cell`)."""
+    if cell.task is not None:
+        return measure_task_cell(cell, ctx)
     model, prov = ctx.models.get(cell)
     memory.reset_peaks(cell.device)
     meas, result = time_cell(cell, model)
@@ -214,6 +216,135 @@ def measure_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     if cell.timing.mode == "full" and cell.timing.save_samples:
         row["samples_file"] = results.save_samples(ctx.run_dir, cell.cell_id, result.tokens)
     return row
+
+
+def time_task_cell(
+    cell: Cell, model: Any, batches: list[taskcell.PromptBatch]
+) -> timing.Measurement:
+    """Plan every prompt batch (untimed), then time one pass that executes them all.
+
+    Warm-up passes and repeats replay the same plans from the same generator state, so each
+    repeat answers the whole task exactly as the first did; ``meas.first`` is the list of
+    :class:`SampleResult`, one per batch.
+    """
+    sampler = SAMPLERS.build(cell.sampler, cell.config)
+    check_family(sampler, model, cell.checkpoint)
+    gen = torch.Generator(device=cell.device)
+    gen.manual_seed(cell.seed)
+    with numerics(cell):
+        plans = [
+            sampler.plan(
+                model,
+                batch_size=b.size,
+                seq_len=b.prompt_len + cell.seq_len,
+                generator=gen,
+                prompt=b.prompt.to(cell.device),
+            )
+            for b in batches
+        ]
+        state = gen.get_state()
+        return timing.measure(
+            lambda: [sampler.execute(model, plan, generator=gen) for plan in plans],
+            device=cell.device,
+            repeats=cell.timing.repeats,
+            warmup=cell.timing.warmup,
+            reset=lambda: gen.set_state(state),
+            min_time_s=cell.timing.min_time_s,
+            max_repeats=cell.timing.max_repeats,
+            meter=timing.MeterGroup(
+                energy.EnergyMeter(cell.device), contention.ContentionMeter(cell.device)
+            ),
+            on_first_warmup=lambda: nonfinite_guard(model),
+        )
+
+
+def measure_task_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
+    """A task cell's ``ok`` row: timed answers to every prompt, scored by exact match.
+
+    Timing columns cover one pass over the task (all batches); ``s_per_sample`` is per
+    example and ``tokens_per_s`` counts generated tokens only (prompts excluded).
+    """
+    model, prov = ctx.models.get(cell)
+    tokenizer = taskcell.load_tokenizer(cell)
+    batches = taskcell.prompt_batches(taskcell.load_examples(cell), tokenizer, cell.batch_size)
+    problems = taskcell.canvas_problems(batches, cell)
+    if problems:
+        raise taskcell.TaskCellError("; ".join(problems))
+    memory.reset_peaks(cell.device)
+    meas = time_task_cell(cell, model, batches)
+    answers: list[SampleResult] = meas.first
+    if cell.timing.mode == "full":
+        for batch, res in zip(batches, answers, strict=True):
+            bad = taskcell.check_answers(batch, res, cell)
+            if bad:
+                raise InvalidSampleError(
+                    f"sampler '{cell.sampler}', prompt length {batch.prompt_len}: {bad}."
+                )
+    row = identity_columns(cell, ctx, "ok", None, prov)
+    row.update(timing_columns(cell, meas))
+    par = taskcell.parallelism_columns(batches, answers, row["wall_s"], cell)
+    row.update(
+        s_per_sample=par["s_per_example"],
+        tokens_per_s=par["gen_tokens_per_s"],
+        samples_per_s=1.0 / par["s_per_example"],
+    )
+    row.update(task_work_columns(cell, batches, answers, row["wall_s"], ctx.peaks, model))
+    row.update(par)
+    row.update(memory.read_peaks(cell.device))
+    row.update(energy_columns(cell, meas))
+    row.update(contention_columns(cell, meas, row))
+    if cell.timing.mode == "full":
+        cols, records = taskcell.score_batches(batches, answers, tokenizer, cell)
+        row.update(cols)
+        row["answers_file"] = taskcell.write_answers(ctx.run_dir, cell.cell_id, records)
+    return row
+
+
+def task_work_columns(
+    cell: Cell,
+    batches: list[taskcell.PromptBatch],
+    answers: list[SampleResult],
+    wall: float,
+    peaks: costmodel.Peaks | None,
+    model: Any,
+) -> dict[str, Any]:
+    """NFE and token counters per example, and the analytic cost summed over a task pass."""
+    sizes = [b.size for b in batches]
+    rows = sum(sizes)
+
+    def per_example(values: list[float]) -> float:
+        return sum(v * n for v, n in zip(values, sizes, strict=True)) / rows
+
+    out: dict[str, Any] = {
+        "nfe_denoise": per_example([r.nfe_denoise for r in answers]),
+        "nfe_total": per_example([r.nfe_total for r in answers]),
+        "nfe_expected": per_example(
+            [float((r.info or {}).get("nfe_expected", math.nan)) for r in answers]
+        ),
+        "token_forwards": per_example([r.token_forwards for r in answers]),
+    }
+    dtype_bytes = DTYPES[cell.dtype][1]
+    costs = [
+        costmodel.sample_cost(cell.model_cfg, r.calls, b.size, dtype_bytes)
+        for b, r in zip(batches, answers, strict=True)
+    ]
+    flops = sum(c["flops_analytic"] for c in costs)
+    predicted = math.nan
+    if peaks is not None:
+        predicted = sum(
+            costmodel.predict_for_run(cell.model_cfg, r.calls, b.size, peaks, dtype_bytes, model)
+            for b, r in zip(batches, answers, strict=True)
+        )
+    out.update(
+        flops_analytic=flops,
+        bytes_analytic=sum(c["bytes_analytic"] for c in costs),
+        tflops_effective=flops / wall / 1e12,
+        mfu=flops / wall / peaks.flops_per_s if peaks else math.nan,
+        predicted_s=predicted,
+        predicted_ratio=wall / predicted if predicted and predicted > 0 else math.nan,
+        ms_per_call=wall * 1e3 / sum(r.nfe_total for r in answers),
+    )
+    return out
 
 
 def run_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:

@@ -287,7 +287,7 @@ def test_help_epilog_lists_three_quick_start_commands(capsys):
     out = capsys.readouterr().out
     quick = [line.strip() for line in out.split("quick start")[1].splitlines()[1:] if line.strip()]
     assert len(quick) == 3 and all(q.startswith("dlmbench ") for q in quick)
-    assert set(cli.LS_TOPICS) == {"samplers", "schedules", "checkpoints", "sizes"}
+    assert set(cli.LS_TOPICS) == {"samplers", "schedules", "checkpoints", "sizes", "tasks"}
 
 
 @pytest.mark.parametrize("topic", ["samplers", "schedules", "checkpoints", "sizes"])
