@@ -1,10 +1,13 @@
 """Autoregressive sampling with a KV cache (``algorithms.md`` §3.6).
 
-x[0] = BOS (``model.config.bos_index``); L − 1 tokens follow, one per call, NFE = L − 1.
+The canvas starts with a prefix of P tokens: the prompt when one is given, else BOS alone
+(``model.config.bos_index``, P = 1). L − P tokens follow, one per call, NFE = L − P.
 
-* ``kv_cache: true``: step i feeds x[i] alone at position i, writes its K/V at cache row i and
-  attends over rows 0 … i (``model.forward_cached``). The reference rotates at i + 1; a uniform
-  offset leaves RoPE attention unchanged.
+* ``kv_cache: true``: the first call (prefill) feeds the whole prefix x[0 … P−1], writes its K/V
+  at cache rows 0 … P−1 (causal) and predicts x[P] from the last row; then step i feeds x[i]
+  alone at position i, writes its K/V at cache row i and attends over rows 0 … i
+  (``model.forward_cached``). The reference rotates at i + 1; a uniform offset leaves RoPE
+  attention unchanged. Unconditionally the prefill is the one-token BOS call of before.
 * ``kv_cache: false``: the uncached oracle, a full causal forward over x[0 … i] with the head on
   the last row only.
 
@@ -26,7 +29,10 @@ from samplers.base import (
     check_common,
     check_config,
     check_family,
+    check_prompt,
     numerics_problems,
+    prompt_canvas,
+    prompt_info,
     sample_tokens,
 )
 from samplers.lazytorch import lazy_torch, no_grad
@@ -65,18 +71,23 @@ class ARPlan:
     """Untimed preparation.
 
     Attributes:
-        template: (b, L) BOS at position 0, masks elsewhere (the profile-mode tokens).
+        template: (b, L) the prefix (prompt, or BOS at position 0), masks elsewhere (the
+            profile-mode tokens).
         cache: a K/V cache of max(L − 1, 1) rows, or ``None`` without ``kv_cache``. Row i is
             written at step i before any read of it, so replays need no reset.
+        prefix_len: P, the fixed prefix (1 for BOS alone).
+        prompted: whether the prefix is a caller's prompt (for ``info["prompt_len"]``).
     """
 
     template: Tensor
     cache: Any
+    prefix_len: int = 1
+    prompted: bool = False
 
 
 @SAMPLERS.register("ar")
 class AR:
-    """Left-to-right sampling of L − 1 tokens after BOS.
+    """Left-to-right sampling of L − P tokens after a prefix (the prompt, or BOS: P = 1).
 
     Args:
         config: an :class:`ARConfig`.
@@ -100,55 +111,81 @@ class AR:
         return "kv" if self.config.kv_cache else None
 
     def plan(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> ARPlan:
-        """Check BOS, build the canvas, allocate the cache.
+        """Check the prefix (prompt, or BOS), build the canvas, allocate the cache.
+
+        ``prompt``: (b, P) int64 prefix, or ``None`` for BOS alone (see ``samplers/base.py``).
 
         Raises:
-            SamplerError: wrong family, bad sizes, or a model without ``bos_index``.
+            SamplerError: wrong family, bad sizes or prompt, or no prompt and a model without
+                ``bos_index``.
         """
         check_family(self, model)
         check_common(batch_size, seq_len)
-        bos = model.config.bos_index
-        if bos is None:
-            raise SamplerError(
-                "sampler 'ar' puts BOS at position 0, but the model's 'bos_index' is None. Set "
-                "'bos_index' in the checkpoint's config (GPT-2: 50256), or load a checkpoint "
-                "that defines it."
-            )
         dev = generator.device
-        x = torch.full((batch_size, seq_len), model.config.mask_id, dtype=torch.long, device=dev)
-        x[:, 0] = bos
+        prompt = check_prompt(prompt, batch_size, seq_len, model.config, dev)
+        if prompt is None:
+            bos = model.config.bos_index
+            if bos is None:
+                raise SamplerError(
+                    "sampler 'ar' puts BOS at position 0, but the model's 'bos_index' is None. "
+                    "Set 'bos_index' in the checkpoint's config (GPT-2: 50256), load a "
+                    "checkpoint that defines it, or pass a prompt."
+                )
+            prompt = torch.full((batch_size, 1), bos, dtype=torch.long, device=dev)
+            prompted = False
+        else:
+            prompted = True
+        x = prompt_canvas(prompt, batch_size, seq_len, model.config.mask_id, dev)
         cache = None
         if self.config.kv_cache:
             cache = model.new_kv_cache(batch_size, max(seq_len - 1, 1), device=dev)
-        return ARPlan(template=x, cache=cache)
+        return ARPlan(template=x, cache=cache, prefix_len=prompt.shape[1], prompted=prompted)
 
     @no_grad
     def execute(self, model: Any, plan: ARPlan, *, generator: torch.Generator) -> SampleResult:
-        """L − 1 steps: next-token logits at position i, then sample x[i + 1]."""
+        """L − P steps: next-token logits at position i, then sample x[i + 1], i = P−1 … L−2."""
         x = plan.template.clone()  # (b, L)
-        L = x.shape[1]
+        L, P = x.shape[1], plan.prefix_len
         mask_id = model.config.mask_id
-        for i in range(L - 1):
-            logits = self.next_token_logits(model, x, i, plan.cache)  # (b, V)
+        for i in range(P - 1, L - 1):
+            logits = self.next_token_logits(model, x, i, plan.cache, P)  # (b, V)
             if not self.config.profile:
                 x[:, i + 1] = self.draw(logits, mask_id, generator)
-        n = L - 1
+        n = L - P
+        calls = self.call_records(L, P)
         return SampleResult(
             tokens=x,
             nfe_denoise=n,
             nfe_total=n,
-            token_forwards=sum(fed for fed, *_ in self.call_records(L)),
+            token_forwards=sum(fed for fed, *_ in calls),
             step_sizes=[1.0] * n,
-            calls=self.call_records(L),
-            info={"nfe_expected": float(n), "nfe_expected_per_sequence": float(n)},
+            calls=calls,
+            info={
+                "nfe_expected": float(n),
+                "nfe_expected_per_sequence": float(n),
+                **prompt_info(P if plan.prompted else 0, L),
+            },
         )
 
-    def next_token_logits(self, model: Any, x: Tensor, i: int, cache: Any) -> Tensor:
-        """Logits predicting x[i + 1] from x[0 … i]: (b, V)."""
+    def next_token_logits(
+        self, model: Any, x: Tensor, i: int, cache: Any, prefix_len: int = 1
+    ) -> Tensor:
+        """Logits predicting x[i + 1] from x[0 … i]: (b, V).
+
+        Cached: the call at i = P − 1 is the prefill (rows 0 … P−1 at once); later calls feed
+        x[i] alone.
+        """
         if cache is not None:
-            out = model.forward_cached(x[:, i : i + 1], cache, start=i, causal=True)
+            lo = 0 if i == prefix_len - 1 else i
+            out = model.forward_cached(x[:, lo : i + 1], cache, start=lo, causal=True, logits=1)
         else:
             out = model(x[:, : i + 1], is_causal=True, logits=1)
         return out[:, -1]  # (b, V)
@@ -165,21 +202,35 @@ class AR:
             convention=cfg.top_p_convention,
         )
 
-    def call_records(self, seq_len: int) -> list[CallRecord]:
-        """Cached: (1, 1, i + 1, 1); uncached: (i + 1, i + 1, i + 1, 1) for i = 0 … L − 2."""
+    def call_records(self, seq_len: int, prefix_len: int = 1) -> list[CallRecord]:
+        """Records for i = P − 1 … L − 2.
+
+        Cached: the prefill (P, P, P, 1), then (1, 1, i + 1, 1); uncached: (i + 1, i + 1,
+        i + 1, 1). With P = 1 (BOS) the prefill is (1, 1, 1, 1).
+        """
+        P = prefix_len
         if self.config.kv_cache:
-            return [(1, 1, i + 1, 1) for i in range(seq_len - 1)]
-        return [(i + 1, i + 1, i + 1, 1) for i in range(seq_len - 1)]
+            rest = [(1, 1, i + 1, 1) for i in range(P, seq_len - 1)]
+            return ([(P, P, P, 1)] if P < seq_len else []) + rest
+        return [(i + 1, i + 1, i + 1, 1) for i in range(P - 1, seq_len - 1)]
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
-        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        plan = self.plan(
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
         return self.execute(model, plan, generator=generator)
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
-        """The same records as a run: AR's calls are fixed."""
-        return self.call_records(seq_len)
+        """The same records as a run: AR's calls are fixed (prefix P = prompt_len, or 1)."""
+        return self.call_records(seq_len, max(prompt_len, 1))

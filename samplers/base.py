@@ -3,15 +3,31 @@
 A sampler is built from a frozen config dataclass and driven in two phases so that the runner can
 keep schedule work out of the timed region (``measurement.md`` §1):
 
-1. ``plan(model, batch_size=, seq_len=, generator=)``: everything that does not depend on the
-   network's outputs: step sizes drawn from the schedule, permutations π, rotary tables gathered
-   by π, cache allocation. Untimed. A plan can be executed many times (warm-up and repeats replay
-   exactly the same shapes).
+1. ``plan(model, batch_size=, seq_len=, generator=, prompt=None)``: everything that does not
+   depend on the network's outputs: step sizes drawn from the schedule, permutations π, rotary
+   tables gathered by π, cache allocation. Untimed. A plan can be executed many times (warm-up
+   and repeats replay exactly the same shapes).
 2. ``execute(model, plan, generator=)``: the network calls and the sampling arithmetic. Timed.
 
 ``sample`` = ``plan`` + ``execute``. Samplers depend only on the denoiser's methods
 (``forward``, ``forward_cached``, ``forward_cached_reference``, ``new_kv_cache``,
 ``new_qkv_cache``, ``config``) and never on the runner.
+
+Prompted (conditional) generation. ``prompt`` is a (b, P) integer tensor, one prompt per batch
+row, 0 < P < L, ids in [0, V) and never the mask id. ``seq_len`` L is the whole canvas: positions
+[0, P) hold the prompt and L − P positions are generated after it. The prompt is never masked,
+never resampled, and comes back unchanged in ``SampleResult.tokens[:, :P]``. Every row of one
+call has the same P, so **the runner buckets prompts by token length** and makes one call (one
+plan) per bucket; a plan is built for its prompt and replays it. ``prompt=None`` is the
+unconditional run, exactly as before prompts existed (same tokens and calls for the same seed;
+``tests/samplers/test_prompt.py`` pins it). Every result records ``info["prompt_len"]`` (P, 0
+without a prompt) and ``info["gen_tokens"]`` (L − P, tokens generated per row); throughput is
+``batch_size · gen_tokens / wall time`` (generated tokens only). The schedule, the NFE and
+``expected_calls(..., prompt_len=P)`` count the L − P generated positions only; the call records
+still count every row fed (a prompt costs compute). How each sampler uses the prompt (a prefill
+call, a cache store pass, the first positions of π) is in its module docstring and in
+``samplers/__init__.py``. A sampler that would put BOS at position 0 does not when a prompt is
+given: the prompt is the whole prefix, so it should start with BOS if the model expects one.
 
 Numerics (``algorithms.md`` §4): mask logit → −∞ before softmax and top-p; softmax, top-p and
 Gumbel noise in float64; noise drawn on the model's device, sized to what is sampled.
@@ -48,15 +64,16 @@ class SampleResult:
     """What a sampler returns.
 
     Attributes:
-        tokens: (b, L) int64 generated ids in natural order; no mask left (in profile mode the
-            tokens are placeholders and may be masks).
+        tokens: (b, L) int64 ids in natural order, the prompt (if any) unchanged in [0, P); no
+            mask left (in profile mode the tokens are placeholders and may be masks).
         nfe_denoise: reference-compatible count of denoising forwards (measurement.md §6).
         nfe_total: every network call, store passes included.
         token_forwards: Σ over calls of the tokens fed, per sequence.
         step_sizes: tokens committed by each denoising call, per sequence (for MDLM, the mean over
             the batch of tokens committed at each call).
         calls: one :data:`CallRecord` per network call.
-        info: extra scalars, e.g. ``nfe_expected`` (analytic), ``nfe_profile_sim``.
+        info: extra scalars, e.g. ``nfe_expected`` (analytic), ``nfe_profile_sim``; always
+            ``prompt_len`` (P, 0 without a prompt) and ``gen_tokens`` (L − P).
     """
 
     tokens: Tensor
@@ -77,8 +94,16 @@ class Sampler(Protocol):
     config_class: ClassVar[type]
     config: Any
 
-    def plan(self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator) -> Any:
-        """Untimed preparation; see module docstring."""
+    def plan(
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
+    ) -> Any:
+        """Untimed preparation; see module docstring. ``prompt``: (b, P) int64 or ``None``."""
         ...
 
     def execute(self, model: Any, plan: Any, *, generator: torch.Generator) -> SampleResult:
@@ -86,7 +111,13 @@ class Sampler(Protocol):
         ...
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
         ...
@@ -96,11 +127,12 @@ class Sampler(Protocol):
         ...
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
         """The analytic expectation of ``SampleResult.calls``, without running the network.
 
         For the cost model's dry-run prediction; random counts are replaced by expectations.
+        ``prompt_len`` P: the calls of a run with a (b, P) prompt (0: unconditional).
         """
         ...
 
@@ -142,6 +174,69 @@ def check_common(batch_size: int, seq_len: int) -> None:
         problems.append(f"seq_len is {seq_len}; it must be >= 1")
     if problems:
         raise SamplerError("; ".join(problems) + ".")
+
+
+def check_prompt(
+    prompt: Any, batch_size: int, seq_len: int, model_config: Any, device: Any = None
+) -> Tensor | None:
+    """Validate a prompt (see the module docstring) and return it as int64 on ``device``.
+
+    Args:
+        prompt: (b, P) integer tensor, or ``None`` (unconditional: returned as ``None``).
+        batch_size: b; the prompt must have one row per batch row.
+        seq_len: L, the whole canvas; 0 < P < L.
+        model_config: gives ``vocab_size`` and ``mask_id``.
+        device: where the sampler's canvas lives (default: the prompt's device).
+
+    Raises:
+        SamplerError: naming what was received, what is allowed and what to do.
+    """
+    if prompt is None:
+        return None
+    fix = "Pass prompt= as a (batch_size, P) int64 tensor of token ids, one prompt per row."
+    if not isinstance(prompt, torch.Tensor):
+        raise SamplerError(f"prompt is a {type(prompt).__name__}; it must be a tensor. {fix}")
+    if prompt.dim() != 2:
+        raise SamplerError(f"prompt has shape {tuple(prompt.shape)}; it must be 2-D. {fix}")
+    if prompt.dtype.is_floating_point or prompt.dtype.is_complex or prompt.dtype == torch.bool:
+        raise SamplerError(f"prompt has dtype {prompt.dtype}; it must hold integer ids. {fix}")
+    b, P = prompt.shape
+    if b != batch_size:
+        raise SamplerError(
+            f"prompt has {b} rows but batch_size is {batch_size}; give one prompt per row "
+            "(bucket prompts of equal token length into one call)."
+        )
+    if not 0 < P < seq_len:
+        raise SamplerError(
+            f"prompt length is {P} tokens with seq_len {seq_len}; it must satisfy "
+            f"0 < P < seq_len (seq_len is the whole canvas, prompt + generated). Use a seq_len "
+            f"above {P}, or pass prompt=None for unconditional generation."
+        )
+    V, mask_id = int(model_config.vocab_size), int(model_config.mask_id)
+    bad = (prompt < 0) | (prompt >= V) | (prompt == mask_id)
+    if bool(bad.any()):
+        r, c = (int(i) for i in bad.nonzero()[0])
+        raise SamplerError(
+            f"prompt[{r}, {c}] is token id {int(prompt[r, c])}; prompt ids must lie in "
+            f"[0, {V}) and never be the mask id {mask_id}. Re-tokenize the prompt with the "
+            "model's tokenizer."
+        )
+    return prompt.to(device=device if device is not None else prompt.device, dtype=torch.long)
+
+
+def prompt_info(prompt_len: int, seq_len: int) -> dict[str, int]:
+    """``info`` entries every result carries: ``prompt_len`` P and ``gen_tokens`` L − P."""
+    return {"prompt_len": int(prompt_len), "gen_tokens": int(seq_len - prompt_len)}
+
+
+def prompt_canvas(
+    prompt: Tensor | None, batch_size: int, seq_len: int, mask_id: int, device: Any
+) -> Tensor:
+    """(b, L) int64 canvas: the prompt in [0, P), masks after it (all masks without a prompt)."""
+    x = torch.full((batch_size, seq_len), mask_id, dtype=torch.long, device=device)
+    if prompt is not None:
+        x[:, : prompt.shape[1]] = prompt
+    return x
 
 
 # --------------------------------------------------------------------------------------------

@@ -42,6 +42,16 @@ the window costs one re-encoding pass over its W − L′ context rows instead o
 the block before it. ``SampleResult.info`` records ``context_window`` and ``context_rows`` (W, or
 L for ``full``), so the results row says which was used.
 
+Prompted (a (b, P) prompt, any 0 < P < L; L stays a multiple of L′): the prompt replaces BOS
+and fills rows [0, P). The j0 = ⌊P/L′⌋ blocks wholly inside the prompt are never denoised: the
+cached modes encode them in one *prefill* pass before the first generated block (rows
+[0, j0·L′) under the block-causal pattern, exactly the K/V their per-block store passes would
+write; it is the sliding window's re-encoding call with s = 0). A partial last prompt block
+(P mod L′ ≠ 0) is denoised like BOS's block 0: its prompt positions are clean and fixed, only
+its masked positions are committed, then it is stored. The schedule walks each block's masked
+positions only, so E[NFE] counts the L − P generated positions; ``info["prefill_passes"]`` is 1
+(cached, j0 > 0) or 0. ``cache: none`` feeds the prompt rows in every block call instead.
+
 None of the reference's stop-and-resample logic (entropy guard) is implemented.
 """
 
@@ -59,13 +69,16 @@ from samplers.base import (
     check_common,
     check_config,
     check_family,
+    check_prompt,
     gumbel_argmax,
     numerics_problems,
+    prompt_canvas,
+    prompt_info,
     subs_log_probs,
     top_p_filter,
 )
 from samplers.lazytorch import lazy_torch, no_grad
-from samplers.schedules import POLICIES, SCHEDULES
+from samplers.schedules import POLICIES, SCHEDULES, policy_keys
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -178,7 +191,9 @@ class BD3Plan:
         window: W, the most rows a call sees (context plus the block); ``seq_len`` for
             ``context_window: full``. Default 0 means ``seq_len``.
         reencode_mask: the (W − L′, W − L′) block-causal pattern of the efficient cache's
-            re-encoding pass, when the window slides.
+            re-encoding and prefill passes (sliced to each pass's rows), when the window slides
+            or a prompt fills whole blocks.
+        prompt: (b, P) int64 fixed prefix, or ``None``.
     """
 
     batch_size: int
@@ -193,11 +208,17 @@ class BD3Plan:
     info: dict[str, Any] = field(default_factory=dict)
     window: int = 0
     reencode_mask: Tensor | None = None
+    prompt: Tensor | None = None
 
     @property
     def n_blocks(self) -> int:
         """N_b = L / L′."""
         return self.seq_len // self.block_size
+
+    @property
+    def first_block(self) -> int:
+        """j0 = ⌊P/L′⌋, the first block with a masked position (0 without a prompt)."""
+        return 0 if self.prompt is None else self.prompt.shape[1] // self.block_size
 
     def window_start(self, j: int) -> int:
         """First row block j's calls see: max(0, (j + 1)·L′ − W)."""
@@ -228,12 +249,18 @@ def host_generator(generator: torch.Generator) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed.item()))
 
 
-def masked_per_block(seq_len: int, block_size: int, bos: int | None) -> list[int]:
-    """Masks each block starts with: L′, except L′ − 1 for block 0 when BOS is fixed."""
-    n = [block_size] * (seq_len // block_size)
-    if bos is not None:
-        n[0] -= 1
-    return n
+def masked_per_block(
+    seq_len: int, block_size: int, bos: int | None, prompt_len: int = 0
+) -> list[int]:
+    """Masks each block starts with: L′ minus its fixed positions.
+
+    The fixed prefix is the prompt's P positions when ``prompt_len`` > 0 (BOS is then not
+    written), else position 0 when BOS is fixed: [L′ − 1, L′, …].
+    """
+    fixed = prompt_len if prompt_len > 0 else int(bos is not None)
+    return [
+        min(block_size, max(0, (j + 1) * block_size - fixed)) for j in range(seq_len // block_size)
+    ]
 
 
 def block_counts(
@@ -321,14 +348,14 @@ def reencode_context(model: Any, x: Tensor, j: int, plan: BD3Plan, cache_mode: s
     Lb = plan.block_size
     P, s = j * Lb, plan.window_start(j)
     ctx = x[:, s:P]
+    n = P - s
     if cache_mode == "efficient":
         model.forward_cached(
-            ctx, plan.cache, start=0, causal=False, attn_mask=plan.reencode_mask,
+            ctx, plan.cache, start=0, causal=False, attn_mask=plan.reencode_mask[:n, :n],
             return_logits=False,
         )  # fmt: skip
     else:
         model.forward_cached_reference(ctx, plan.cache, start=0, return_logits=False)
-    n = P - s
     return (n, n, n, 0)
 
 
@@ -361,9 +388,9 @@ def commit(
         subs_log_probs(logits, mask_id, cfg.temperature), cfg.top_p, cfg.top_p_convention
     )  # (b, L′, V) float64
     proposal = gumbel_argmax(lp, generator)  # (b, L′)
-    confidence = lp.gather(-1, proposal[..., None]).squeeze(-1).exp()  # (b, L′)
+    keys = policy_keys(policy, lp, proposal)  # (b, L′): confidence, or the policy's score
     masked = block == mask_id
-    chosen = policy.select(confidence, masked, k, generator) & masked
+    chosen = policy.select(keys, masked, k, generator) & masked
     block.copy_(torch.where(chosen, proposal, block))
     return chosen
 
@@ -431,14 +458,17 @@ def store_block(model: Any, x: Tensor, j: int, plan: BD3Plan, cache_mode: str) -
     return block_call(at, Lb, cache_mode, head=False)
 
 
-def sliding_passes(j: int, n_blocks: int, block_size: int, window: int) -> tuple[bool, bool]:
-    """(re-encode before block j, store after block j) for the cached modes.
+def sliding_passes(
+    j: int, n_blocks: int, block_size: int, window: int, first_block: int = 0
+) -> tuple[bool, bool]:
+    """(encode the context before block j, store after block j) for the cached modes.
 
-    Block j re-encodes its context when its window no longer starts at row 0; the store pass
-    after it is skipped when the next block will re-encode anyway (the last block always
+    Block j re-encodes its context when its window no longer starts at row 0, and the first
+    generated block j0 > 0 encodes the prompt's whole blocks (the prefill); the store pass
+    after block j is skipped when the next block will re-encode anyway (the last block always
     stores, as with a full window).
     """
-    reencode = window_start(j, block_size, window) > 0
+    reencode = window_start(j, block_size, window) > 0 or (j == first_block > 0)
     nxt = j + 1 < n_blocks and window_start(j + 1, block_size, window) > 0
     return reencode, not nxt
 
@@ -511,28 +541,39 @@ class BD3LMSampler:
 
     @no_grad
     def plan(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> BD3Plan:
         """Draw every block's step counts and allocate the cache (untimed).
 
+        ``prompt``: (b, P) int64 fixed prefix (any 0 < P < L), or ``None`` (BOS, if the model
+        has one); see the module docstring.
+
         Raises:
-            SamplerError: wrong model family, sizes < 1, block_size not dividing seq_len, or a
-                block_size other than the one the model was trained with.
+            SamplerError: wrong model family, sizes < 1, block_size not dividing seq_len, a
+                block_size other than the one the model was trained with, or a bad prompt.
         """
         check_family(self, model)
         check_common(batch_size, seq_len)
         self._check_sizes(model.config, seq_len)
         cfg, Lb, dev = self.config, self.config.block_size, generator.device
-        bos = model.config.bos_index
-        masked = masked_per_block(seq_len, Lb, bos)
+        prompt = check_prompt(prompt, batch_size, seq_len, model.config, dev)
+        P = 0 if prompt is None else prompt.shape[1]
+        bos = model.config.bos_index if prompt is None else None
+        masked = masked_per_block(seq_len, Lb, bos, P)
         steps, means = self._step_plan(batch_size, masked, generator, dev)
         W = context_rows(cfg, model.config, seq_len)
         rows = min(W, seq_len)
         cache = mask = reencode_mask = None
         if cfg.cache == "efficient":
             cache = model.new_kv_cache(batch_size, rows)
-            if W < seq_len:
-                reencode_mask = model.block_causal_mask(W - Lb, Lb, dev)
+            if W < seq_len or P >= Lb:
+                reencode_mask = model.block_causal_mask(rows - Lb, Lb, dev)
         elif cfg.cache == "reference":
             cache = model.new_qkv_cache(batch_size, rows, Lb)
         else:
@@ -543,11 +584,12 @@ class BD3LMSampler:
         info["context_window"] = cw if isinstance(cw, str) else "sliding"
         info["context_rows"] = rows  # W, or L when the window never slides
         info["context_slides"] = W < seq_len
+        info.update(prompt_info(P, seq_len))
         if cfg.mode == "ancestral":
             info["grid"] = GRID_NOTE
         return BD3Plan(
             batch_size, seq_len, Lb, bos, steps, means, cache, mask, expected, info,
-            window=rows, reencode_mask=reencode_mask,
+            window=rows, reencode_mask=reencode_mask, prompt=prompt,
         )  # fmt: skip
 
     @no_grad
@@ -560,28 +602,26 @@ class BD3LMSampler:
         cfg = self.config
         if plan.cache is not None:
             plan.cache.reset()
-        x = torch.full(
-            (plan.batch_size, plan.seq_len),
-            model.config.mask_id,
-            dtype=torch.long,
-            device=generator.device,
+        x = prompt_canvas(
+            plan.prompt, plan.batch_size, plan.seq_len, model.config.mask_id, generator.device
         )
         if plan.bos is not None:
             x[:, 0] = plan.bos
         calls: list[CallRecord] = []
         sizes: list[float] = []
-        stores = reencodes = 0
-        W = plan.window or plan.seq_len
-        for j in range(plan.n_blocks):
-            reencode, store = sliding_passes(j, plan.n_blocks, plan.block_size, W)
+        stores = reencodes = prefills = 0
+        W, j0 = plan.window or plan.seq_len, plan.first_block
+        for j in range(j0, plan.n_blocks):
+            reencode, store = sliding_passes(j, plan.n_blocks, plan.block_size, W, j0)
             if plan.cache is not None and reencode:
                 calls.append(reencode_context(model, x, j, plan, cfg.cache))
-                reencodes += 1
+                prefills += j == j0
+                reencodes += j > j0
             sizes += denoise_block(model, x, j, plan, cfg, self.policy, generator, calls)
             if plan.cache is not None and store:
                 calls.append(store_block(model, x, j, plan, cfg.cache))
                 stores += 1
-        nfe_denoise = len(calls) - stores - reencodes
+        nfe_denoise = len(calls) - stores - reencodes - prefills
         return SampleResult(
             tokens=x,
             nfe_denoise=nfe_denoise,
@@ -591,34 +631,50 @@ class BD3LMSampler:
             calls=calls,
             info={
                 **plan.info,
-                "nfe_expected": plan.nfe_denoise_expected + stores + reencodes,
+                "nfe_expected": plan.nfe_denoise_expected + stores + reencodes + prefills,
                 "nfe_denoise_expected": plan.nfe_denoise_expected,
                 "store_passes": stores,
                 "reencode_passes": reencodes,
+                "prefill_passes": prefills,
                 "profile": bool(cfg.profile),
             },
         )
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
-        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        plan = self.plan(
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
         return self.execute(model, plan, generator=generator)
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
-        """Per block, round(E[denoising calls]) block calls (cumulative rounding), then a store."""
+        """Per block, round(E[denoising calls]) block calls (cumulative rounding), then a store.
+
+        With ``prompt_len`` P: the prefill pass, then the blocks from j0 = ⌊P/L′⌋ on.
+        """
         self._check_sizes(model_config, seq_len)
         cfg, Lb = self.config, self.config.block_size
-        masked = masked_per_block(seq_len, Lb, getattr(model_config, "bos_index", None))
+        bos = getattr(model_config, "bos_index", None)
+        masked = masked_per_block(seq_len, Lb, bos, prompt_len)
         W = min(context_rows(cfg, model_config, seq_len), seq_len)
+        j0 = prompt_len // Lb
         calls: list[CallRecord] = []
         done, acc = 0, 0.0
         for j, n in enumerate(masked):
+            if j < j0:
+                continue
             at = j * Lb - window_start(j, Lb, W)
-            reencode, store = sliding_passes(j, len(masked), Lb, W)
+            reencode, store = sliding_passes(j, len(masked), Lb, W, j0)
             if cfg.cache != "none" and reencode:
                 calls.append((at, at, at, 0))
             e = expected_denoise_calls(self.schedule, cfg, batch_size, [n])

@@ -11,6 +11,13 @@ the k masks decoded now; their K/V land at cache rows [n_c, n_c + k_prev + k) an
 on the last k rows; sample; n_c += k_prev. The uncached oracle (``kv_cache: false``) recomputes
 the whole π-sorted prefix with a plain causal forward each step. Finally un-permute.
 
+Prompted: the P prompt positions are clean from the start. They come first in π (in natural
+order, so they attend to each other causally, like any π-prefix) and count as the tokens
+"committed at step 0": the first call feeds them together with the first k masks, writing their
+K/V at cache rows [0, P) exactly as the one-step lag writes last step's tokens, so a prompt adds
+no call (first call (P + k, P + k, P + k, k)). K, the schedule and E[NFE] cover the L − P
+generated positions only. The oracle feeds the π-sorted prefix including the prompt each step.
+
 The loop (:func:`decode`) and the plan pieces are shared with the interleaved ("subcontext")
 sampler in :mod:`samplers.esolm_interleaved`, which builds another π and K and runs the same loop.
 """
@@ -27,7 +34,9 @@ from samplers.base import (
     check_common,
     check_config,
     check_family,
+    check_prompt,
     numerics_problems,
+    prompt_info,
     sample_tokens,
 )
 from samplers.lazytorch import lazy_torch, no_grad
@@ -95,9 +104,10 @@ class EsoPlan:
 
     Attributes:
         order: π, (b, L) int64 on the model's device; ``order[r, j]`` is the natural position
-            decoded j-th in row r.
-        steps: K, tokens committed per step (shared by the batch); sums to L.
-        n_mdm: tokens decoded by diffusion steps; the last L − n_mdm steps have size 1.
+            decoded j-th in row r. With a prompt, ``order[:, :P]`` = 0 … P−1.
+        steps: K, tokens committed per step (shared by the batch); sums to L − P.
+        n_mdm: generated tokens decoded by diffusion steps; the last L − P − n_mdm steps have
+            size 1.
         rope: rotary (cos, sin) gathered by π, (b, L, 1, d_h) each; ``None`` when uncached.
         cache: the K/V cache of L rows; ``None`` when uncached.
         nfe_expected: analytic E[len(K)] for this configuration.
@@ -111,6 +121,12 @@ class EsoPlan:
     cache: Any | None
     nfe_expected: float
     info: dict[str, Any] = field(default_factory=dict)
+    prompt: Tensor | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        """P, the clean prefix in π (0 without a prompt)."""
+        return 0 if self.prompt is None else self.prompt.shape[1]
 
     @property
     def batch_size(self) -> int:
@@ -156,18 +172,25 @@ def step_sizes(
     return steps + [1] * rest, n_mdm
 
 
-def random_order(batch_size: int, seq_len: int, n_mdm: int, generator: torch.Generator) -> Tensor:
-    """π: one uniform permutation per sample, its last L − n_MDM entries sorted ascending.
+def random_order(
+    batch_size: int, seq_len: int, n_mdm: int, generator: torch.Generator, prompt_len: int = 0
+) -> Tensor:
+    """π: the prompt 0 … P−1, then a uniform permutation of P … L−1 per sample.
+
+    The permutation's last L − P − n_MDM entries are sorted ascending (the sequential tail).
 
     Returns:
         (b, L) int64 on ``generator``'s device.
     """
-    keys = torch.rand(
-        (batch_size, seq_len), generator=generator, device=generator.device, dtype=torch.float64
-    )
-    order = keys.argsort(dim=-1)  # (b, L)
+    P, dev = prompt_len, generator.device
+    shape = (batch_size, seq_len - P)
+    keys = torch.rand(shape, generator=generator, device=dev, dtype=torch.float64)
+    order = keys.argsort(dim=-1) + P  # (b, L − P)
     order[:, n_mdm:] = order[:, n_mdm:].sort(dim=-1).values
-    return order
+    if P == 0:
+        return order
+    head = torch.arange(P, device=dev).expand(batch_size, P)
+    return torch.cat([head, order], dim=1)
 
 
 def reveal_probabilities(schedule: Any, num_steps: int, alpha0: float) -> Tensor:
@@ -210,6 +233,7 @@ def prepare(
     kv_cache: bool,
     nfe_expected: float,
     info: dict[str, Any] | None = None,
+    prompt: Tensor | None = None,
 ) -> EsoPlan:
     """Gather the rotary tables by π once and allocate the L-row cache (cached path only)."""
     b, L = order.shape
@@ -217,7 +241,7 @@ def prepare(
     if kv_cache:
         rope = model.rotary_emb.tables(order)  # (b, L, 1, d_h) each
         cache = model.new_kv_cache(b, L)
-    return EsoPlan(order, steps, n_mdm, rope, cache, nfe_expected, dict(info or {}))
+    return EsoPlan(order, steps, n_mdm, rope, cache, nfe_expected, dict(info or {}), prompt)
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,12 +270,14 @@ def decode_cached(
     """The one-step-lag cached loop of algorithms.md §3.4; fills x_π (b, L) in place.
 
     Each call feeds x_π[u − k_prev : u + k]: the k_prev tokens committed last step (their K/V
-    written now over last step's provisional mask rows) and the k masks decoded now.
+    written now over last step's provisional mask rows) and the k masks decoded now. The prompt
+    is step 0's commitment: the first call feeds its P tokens before the first k masks.
     """
     cos, sin = plan.rope
     mask_id = model.config.mask_id
     calls: list[CallRecord] = []
-    u, k_prev, n_c = 0, 0, 0
+    P = plan.prompt_len
+    u, k_prev, n_c = P, P, 0
     for k in plan.steps:
         rows = slice(u - k_prev, u + k)
         logits = model.forward_cached(
@@ -279,7 +305,7 @@ def decode_uncached(
     """
     mask_id = model.config.mask_id
     calls: list[CallRecord] = []
-    u = 0
+    u = plan.prompt_len
     for k in plan.steps:
         logits = model.forward(
             x_pi[:, : u + k], positions=plan.order[:, : u + k], is_causal=True, logits=k
@@ -302,8 +328,10 @@ def decode(model: Any, plan: EsoPlan, cfg: Any, generator: torch.Generator) -> S
     Shared by ``esolm`` and ``esolm_block``; ``cfg`` needs ``temperature``, ``top_p``,
     ``top_p_convention`` and ``profile``.
     """
-    b, L = plan.batch_size, plan.seq_len
+    b, L, P = plan.batch_size, plan.seq_len, plan.prompt_len
     x_pi = torch.full((b, L), model.config.mask_id, dtype=torch.long, device=plan.order.device)
+    if plan.prompt is not None:
+        x_pi[:, :P] = plan.prompt  # π starts with 0 … P−1
     if plan.cache is not None:
         plan.cache.reset()
         calls = decode_cached(model, x_pi, plan, cfg, generator)
@@ -318,6 +346,7 @@ def decode(model: Any, plan: EsoPlan, cfg: Any, generator: torch.Generator) -> S
         "kv_cache": plan.cache is not None,
         "profile": bool(cfg.profile),
         "outside_timer": "step sizes, order, rotary tables gathered by order, cache allocation",
+        **prompt_info(P, L),
     }
     return SampleResult(
         tokens=unpermute(x_pi, plan.order),
@@ -330,10 +359,13 @@ def decode(model: Any, plan: EsoPlan, cfg: Any, generator: torch.Generator) -> S
     )
 
 
-def step_calls(steps: list[int], seq_len: int, kv_cache: bool) -> list[CallRecord]:
+def step_calls(
+    steps: list[int], seq_len: int, kv_cache: bool, prompt_len: int = 0
+) -> list[CallRecord]:
     """The call records that ``decode`` produces for step sizes ``steps`` (no network)."""
     calls: list[CallRecord] = []
-    u, k_prev, n_c = 0, 0, 0
+    u = k_prev = prompt_len
+    n_c = 0
     for k in steps:
         if kv_cache:
             calls.append((k_prev + k, k_prev + k, n_c + k_prev + k, k))
@@ -384,19 +416,29 @@ class EsoLMSampler:
         return "kv" if self.config.kv_cache else None
 
     def plan(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> EsoPlan:
         """Draw K and π, gather rotary by π, allocate the cache (untimed).
 
+        ``prompt``: (b, P) int64 clean prefix, first in π, or ``None`` (``samplers/base.py``).
+
         Raises:
-            SamplerError: wrong model family, or batch_size / seq_len < 1.
+            SamplerError: wrong model family, batch_size / seq_len < 1, or a bad prompt.
         """
         check_family(self, model)
         check_common(batch_size, seq_len)
-        cfg = self.config
-        steps, n_mdm = step_sizes(self.schedule, seq_len, cfg.num_steps, generator, cfg.alpha0_eval)
-        order = random_order(batch_size, seq_len, n_mdm, generator)
-        expected = expected_nfe(self.schedule, seq_len, cfg.num_steps, cfg.alpha0_eval)
+        prompt = check_prompt(prompt, batch_size, seq_len, model.config, generator.device)
+        P = 0 if prompt is None else prompt.shape[1]
+        cfg, n = self.config, seq_len - P
+        steps, n_mdm = step_sizes(self.schedule, n, cfg.num_steps, generator, cfg.alpha0_eval)
+        order = random_order(batch_size, seq_len, n_mdm, generator, P)
+        expected = expected_nfe(self.schedule, n, cfg.num_steps, cfg.alpha0_eval)
         return prepare(
             model,
             order,
@@ -405,6 +447,7 @@ class EsoLMSampler:
             kv_cache=cfg.kv_cache,
             nfe_expected=expected,
             info={"alpha0_eval": cfg.alpha0_eval, "schedule": cfg.schedule},
+            prompt=prompt,
         )
 
     @no_grad
@@ -413,21 +456,32 @@ class EsoLMSampler:
         return decode(model, plan, self.config, generator)
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
-        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        plan = self.plan(
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
         return self.execute(model, plan, generator=generator)
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
-        """Calls for the expected K: E[#diffusion steps] steps sharing E[n_MDM], then ones."""
-        cfg = self.config
+        """Calls for the expected K: E[#diffusion steps] steps sharing E[n_MDM], then ones.
+
+        Over the n = L − P generated positions; the first call also feeds the P prompt rows.
+        """
+        cfg, n = self.config, seq_len - prompt_len
         q = reveal_probabilities(self.schedule, cfg.num_steps, cfg.alpha0_eval)
-        n_steps = round(float((1.0 - (1.0 - q) ** seq_len).sum()))
-        n_mdm = seq_len if cfg.alpha0_eval >= 1.0 else round(seq_len * float(q.sum()))
-        n_mdm = min(max(n_mdm, n_steps), seq_len)
+        n_steps = round(float((1.0 - (1.0 - q) ** n).sum()))
+        n_mdm = n if cfg.alpha0_eval >= 1.0 else round(n * float(q.sum()))
+        n_mdm = min(max(n_mdm, n_steps), n)
         steps = even_split(n_mdm, max(n_steps, 1 if n_mdm else 0))
-        steps += [1] * (seq_len - sum(steps))
-        return step_calls(steps, seq_len, cfg.kv_cache)
+        steps += [1] * (n - sum(steps))
+        return step_calls(steps, seq_len, cfg.kv_cache, prompt_len)

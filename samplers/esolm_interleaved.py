@@ -6,6 +6,9 @@ group G_r = {r, r + S, r + 2S, …}. ``shuffle`` permutes the positions inside e
 order of the groups. π, the groups concatenated, is shared by the batch. With α0_eval < 1 only
 the first ⌊S·α0⌋ groups are diffusion steps; the remaining positions are re-sorted ascending and
 decoded one per step. The step loop is Eso-LM (B)'s (:func:`samplers.esolm.decode`).
+
+Prompted: the groups are built over the n = L − P generated positions (S must divide L − P) and
+follow the prompt 0 … P−1 in π; the prompt rides with the first call as in ``esolm``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from samplers.base import (
     check_common,
     check_config,
     check_family,
+    check_prompt,
     numerics_problems,
 )
 from samplers.esolm import EsoPlan, decode, prepare, step_calls
@@ -114,9 +118,16 @@ class EsoLMBlockSampler:
         """
         return "kv" if self.config.kv_cache else None
 
-    def _check_length(self, seq_len: int) -> None:
-        S = self.config.num_steps
-        if S > seq_len or seq_len % S:
+    def _check_length(self, seq_len: int, prompt_len: int = 0) -> None:
+        S, n = self.config.num_steps, seq_len - prompt_len
+        if S > n or n % S:
+            if prompt_len:
+                raise SamplerError(
+                    f"sampler 'esolm_block': 'num_steps' {S} must divide the generated length "
+                    f"seq_len − prompt length = {seq_len} − {prompt_len} = {n} (g = (L − P)/S "
+                    f"tokens per step). Pick num_steps among the divisors of {n}, or a seq_len "
+                    f"that makes L − P a multiple of {S}."
+                )
             raise SamplerError(
                 f"sampler 'esolm_block': 'num_steps' {S} must divide seq_len {seq_len} "
                 f"(g = L/S tokens per step). Pick num_steps among the divisors of {seq_len}, "
@@ -125,20 +136,33 @@ class EsoLMBlockSampler:
 
     @no_grad
     def plan(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> EsoPlan:
         """Build π (shared by the batch) and K, gather rotary, allocate the cache (untimed).
 
+        ``prompt``: (b, P) int64 clean prefix, first in π, or ``None`` (``samplers/base.py``).
+
         Raises:
-            SamplerError: wrong model family, sizes < 1, or num_steps not dividing seq_len.
+            SamplerError: wrong model family, sizes < 1, a bad prompt, or num_steps not
+                dividing the generated length L − P.
         """
         check_family(self, model)
         check_common(batch_size, seq_len)
-        self._check_length(seq_len)
-        cfg = self.config
-        order = interleaved_order(seq_len, cfg.num_steps, cfg.shuffle, generator)
-        steps, n_mdm = interleaved_steps(seq_len, cfg.num_steps, cfg.alpha0_eval)
+        prompt = check_prompt(prompt, batch_size, seq_len, model.config, generator.device)
+        P = 0 if prompt is None else prompt.shape[1]
+        self._check_length(seq_len, P)
+        cfg, n = self.config, seq_len - P
+        order = interleaved_order(n, cfg.num_steps, cfg.shuffle, generator) + P
+        steps, n_mdm = interleaved_steps(n, cfg.num_steps, cfg.alpha0_eval)
         order[n_mdm:] = order[n_mdm:].sort().values
+        if P:
+            order = torch.cat([torch.arange(P, device=order.device), order])
         return prepare(
             model,
             order[None].expand(batch_size, seq_len),
@@ -147,6 +171,7 @@ class EsoLMBlockSampler:
             kv_cache=cfg.kv_cache,
             nfe_expected=float(len(steps)),
             info={"alpha0_eval": cfg.alpha0_eval, "shuffle": cfg.shuffle},
+            prompt=prompt,
         )
 
     @no_grad
@@ -155,16 +180,25 @@ class EsoLMBlockSampler:
         return decode(model, plan, self.config, generator)
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
-        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        plan = self.plan(
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
         return self.execute(model, plan, generator=generator)
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
         """Exact: K does not depend on random draws."""
-        self._check_length(seq_len)
-        steps, _ = interleaved_steps(seq_len, self.config.num_steps, self.config.alpha0_eval)
-        return step_calls(steps, seq_len, self.config.kv_cache)
+        self._check_length(seq_len, prompt_len)
+        cfg = self.config
+        steps, _ = interleaved_steps(seq_len - prompt_len, cfg.num_steps, cfg.alpha0_eval)
+        return step_calls(steps, seq_len, cfg.kv_cache, prompt_len)

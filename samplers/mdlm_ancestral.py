@@ -21,8 +21,13 @@ NFE: E[NFE] = T·(1 − (1 − 1/T)^(b·L)) for the batch under ``loglinear`` (`
 and T·(1 − (1 − 1/T)^L) per sequence as the paper charged it. Profile mode replays the
 single-sequence simulation (row 0 of the plan) on placeholder tokens.
 
-With ``policy: confidence`` or ``threshold`` the positions (and, for ``threshold``, the counts)
-depend on the model: the same API carries LLaDA/Fast-dLLM-style samplers on an MDLM denoiser.
+With ``policy: confidence``, ``margin``, ``entropy`` or ``threshold`` the positions (and, for
+``threshold``, the counts) depend on the model: the same API carries LLaDA/Fast-dLLM-style
+samplers on an MDLM denoiser (their semi-autoregressive block loop is ``mdlm_blocks``).
+
+Prompted: the canvas is [prompt ; L − P masks]. The schedule draws counts for the L − P
+generated positions only (so NFE and its expectation use n = L − P); prompt positions are never
+masked, so no policy ever selects them. Every call still feeds the whole canvas (b, L).
 """
 
 from __future__ import annotations
@@ -39,14 +44,24 @@ from samplers.base import (
     check_common,
     check_config,
     check_family,
+    check_prompt,
     gumbel_argmax,
     numerics_problems,
+    prompt_canvas,
+    prompt_info,
     sample_tokens,
     subs_log_probs,
     top_p_filter,
 )
 from samplers.lazytorch import lazy_torch, no_grad
-from samplers.schedules import POLICIES, SCHEDULES, build, build_problems, step_probabilities
+from samplers.schedules import (
+    POLICIES,
+    SCHEDULES,
+    build,
+    build_problems,
+    policy_keys,
+    step_probabilities,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -104,8 +119,10 @@ class MDLMPlan:
     """What :meth:`MDLMAncestral.plan` prepares (untimed; replayable).
 
     Attributes:
-        placeholder: (b, L) all masks; the starting canvas and the profile-mode input.
-        commit_step: (b, L) int64, sorted per row: the grid step of each of the row's L commits.
+        placeholder: (b, L) the starting canvas, [prompt ; masks] (all masks without a prompt);
+            also the profile-mode input.
+        commit_step: (b, L − P) int64, sorted per row: the grid step of each of the row's
+            L − P commits.
         steps: grid steps that call the network (every step for adaptive policies).
         step_sizes: mean over the batch of tokens committed at each call (non-adaptive).
         profile_steps: row 0's non-empty steps, the single-sequence simulation of profile mode.
@@ -165,26 +182,39 @@ class MDLMAncestral:
         return "px0"
 
     def plan(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> MDLMPlan:
-        """Draw every row's per-step counts and derive the calling steps (see module docstring)."""
+        """Draw every row's per-step counts and derive the calling steps (see module docstring).
+
+        ``prompt``: (b, P) int64 fixed prefix, or ``None`` (see ``samplers/base.py``).
+        """
         check_family(self, model)
         check_common(batch_size, seq_len)
-        b, L, T = batch_size, seq_len, self.config.num_steps
         dev = generator.device
-        commit_step = torch.stack([self.draw_commit_steps(L, T, generator) for _ in range(b)])
+        prompt = check_prompt(prompt, batch_size, seq_len, model.config, dev)
+        P = 0 if prompt is None else prompt.shape[1]
+        b, L, T = batch_size, seq_len, self.config.num_steps
+        n = L - P  # generated positions: the schedule's tokens
+        commit_step = torch.stack([self.draw_commit_steps(n, T, generator) for _ in range(b)])
         steps, per_step = torch.unique(commit_step, return_counts=True)
         adaptive = self.policy.adaptive
         info = {
-            "nfe_expected": float("nan") if adaptive else expected_nfe(self.schedule, L, T, b),
+            "nfe_expected": float("nan") if adaptive else expected_nfe(self.schedule, n, T, b),
             "nfe_expected_per_sequence": (
-                float("nan") if adaptive else expected_nfe(self.schedule, L, T, 1)
+                float("nan") if adaptive else expected_nfe(self.schedule, n, T, 1)
             ),
+            **prompt_info(P, L),
         }
         profile_steps = torch.unique(commit_step[0]).tolist()
         info["nfe_profile_sim"] = len(profile_steps)
         return MDLMPlan(
-            placeholder=torch.full((b, L), model.config.mask_id, dtype=torch.long, device=dev),
+            placeholder=prompt_canvas(prompt, b, L, model.config.mask_id, dev),
             commit_step=commit_step,
             steps=range(T) if adaptive else steps.tolist(),
             step_sizes=[] if adaptive else (per_step.double() / b).tolist(),
@@ -193,7 +223,7 @@ class MDLMAncestral:
         )
 
     def draw_commit_steps(self, seq_len: int, num_steps: int, generator: torch.Generator) -> Tensor:
-        """One row's schedule: (L,) int64 grid step of each commit, sorted."""
+        """One row's schedule for ``seq_len`` = n generated tokens: (n,) int64 steps, sorted."""
         counts = self.schedule.counts(seq_len, num_steps, generator, 1.0)
         if len(counts) != num_steps or sum(counts) != seq_len or min(counts) < 0:
             raise SamplerError(
@@ -247,8 +277,9 @@ class MDLMAncestral:
         """
         if getattr(self.policy, "uses_confidence", True):
             log_p = self.denoise(model, x)  # (b, L, V) float64
-            proposal, confidence = propose(log_p, generator)  # (b, L) each
-            commit = self.policy.select(confidence, masked, k, generator)  # (b, L) bool
+            proposal = gumbel_argmax(log_p, generator)  # (b, L)
+            keys = policy_keys(self.policy, log_p, proposal)  # (b, L) float64
+            commit = self.policy.select(keys, masked, k, generator)  # (b, L) bool
             return torch.where(commit, proposal, x), commit
         commit = self.policy.select(None, masked, k, generator)  # (b, L) bool
         logits = model(x)[commit]  # (n_commit, V)
@@ -287,31 +318,27 @@ class MDLMAncestral:
         )
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
-        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        plan = self.plan(
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
         return self.execute(model, plan, generator=generator)
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
-        """round(E[NFE]) full-length calls (adaptive policies: the schedule's count, a bound)."""
-        n = expected_nfe(self.schedule, seq_len, self.config.num_steps, batch_size)
+        """round(E[NFE]) full-length calls (adaptive policies: the schedule's count, a bound).
+
+        The expectation is over the L − P generated tokens; every call feeds all L rows.
+        """
         L = seq_len
+        n = expected_nfe(self.schedule, L - prompt_len, self.config.num_steps, batch_size)
         return [(L, L, L, L)] * int(round(n))
-
-
-def propose(log_p: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-    """A token for every position by float64 Gumbel-max, and its probability.
-
-    Args:
-        log_p: (b, L, V) float64 log-probabilities.
-        generator: noise source on ``log_p``'s device.
-
-    Returns:
-        proposal (b, L) int64 and confidence (b, L) float64 = p(proposal).
-    """
-    proposal = gumbel_argmax(log_p, generator)
-    confidence = log_p.gather(-1, proposal[..., None]).squeeze(-1).exp()
-    return proposal, confidence

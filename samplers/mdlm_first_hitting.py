@@ -9,6 +9,9 @@ times are not drawn at all.
 Batched: every row unmasks one position per call (its own order), so NFE = L exactly at any batch
 size. Each call is a full-length bidirectional forward; the token is drawn with float64 Gumbel-max
 over the (b, V) rows of the chosen positions only.
+
+Prompted: the order is a uniform permutation of the generated positions P … L − 1 only, so
+NFE = L − P; every call still feeds the whole canvas [prompt ; current tokens].
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ from samplers.base import (
     check_common,
     check_config,
     check_family,
+    check_prompt,
     numerics_problems,
+    prompt_canvas,
+    prompt_info,
     sample_tokens,
 )
 from samplers.lazytorch import lazy_torch, no_grad
@@ -61,12 +67,17 @@ class FirstHittingPlan:
     """Untimed preparation: the canvas and each row's unmasking order.
 
     Attributes:
-        placeholder: (b, L) all masks.
-        order: (b, L) int64; ``order[:, j]`` is the position each row unmasks at call j.
+        placeholder: (b, L) the starting canvas, [prompt ; masks] (all masks without a prompt).
+        order: (b, L − P) int64; ``order[:, j]`` is the position each row unmasks at call j.
     """
 
     placeholder: Tensor
     order: Tensor
+
+    @property
+    def prompt_len(self) -> int:
+        """P, the fixed prefix (0 without a prompt)."""
+        return self.placeholder.shape[1] - self.order.shape[1]
 
 
 @SAMPLERS.register("mdlm_first_hitting")
@@ -95,41 +106,55 @@ class MDLMFirstHitting:
         return None
 
     def plan(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> FirstHittingPlan:
-        """Draw each row's unmasking order, a uniform permutation of 0 … L−1."""
+        """Draw each row's unmasking order, a uniform permutation of P … L−1.
+
+        ``prompt``: (b, P) int64 fixed prefix, or ``None`` (P = 0; see ``samplers/base.py``).
+        """
         check_family(self, model)
         check_common(batch_size, seq_len)
         dev = generator.device
-        keys = torch.rand((batch_size, seq_len), generator=generator, device=dev)
+        prompt = check_prompt(prompt, batch_size, seq_len, model.config, dev)
+        P = 0 if prompt is None else prompt.shape[1]
+        keys = torch.rand((batch_size, seq_len - P), generator=generator, device=dev)
         return FirstHittingPlan(
-            placeholder=torch.full(
-                (batch_size, seq_len), model.config.mask_id, dtype=torch.long, device=dev
-            ),
-            order=torch.argsort(keys, dim=-1),  # (b, L)
+            placeholder=prompt_canvas(prompt, batch_size, seq_len, model.config.mask_id, dev),
+            order=torch.argsort(keys, dim=-1) + P,  # (b, L − P)
         )
 
     @no_grad
     def execute(
         self, model: Any, plan: FirstHittingPlan, *, generator: torch.Generator
     ) -> SampleResult:
-        """L calls; call j commits position ``order[:, j]`` of every row."""
+        """L − P calls; call j commits position ``order[:, j]`` of every row."""
         x = plan.placeholder.clone()  # (b, L)
         b, L = x.shape
+        n = plan.order.shape[1]  # L − P
         rows = torch.arange(b, device=x.device)
-        for j in range(L):
+        for j in range(n):
             logits = model(x)  # (b, L, V)
             if not self.config.profile:
                 pos = plan.order[:, j]  # (b,)
                 x[rows, pos] = self.draw(logits[rows, pos], model.config.mask_id, generator)
         return SampleResult(
             tokens=x,
-            nfe_denoise=L,
-            nfe_total=L,
-            token_forwards=L * L,
-            step_sizes=[1.0] * L,
-            calls=[(L, L, L, L)] * L,
-            info={"nfe_expected": float(L), "nfe_expected_per_sequence": float(L)},
+            nfe_denoise=n,
+            nfe_total=n,
+            token_forwards=n * L,
+            step_sizes=[1.0] * n,
+            calls=[(L, L, L, L)] * n,
+            info={
+                "nfe_expected": float(n),
+                "nfe_expected_per_sequence": float(n),
+                **prompt_info(plan.prompt_len, L),
+            },
         )
 
     def draw(self, logits: Tensor, mask_id: int, generator: torch.Generator) -> Tensor:
@@ -145,15 +170,23 @@ class MDLMFirstHitting:
         )
 
     def sample(
-        self, model: Any, *, batch_size: int, seq_len: int, generator: torch.Generator
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
     ) -> SampleResult:
         """``plan`` then ``execute``."""
-        plan = self.plan(model, batch_size=batch_size, seq_len=seq_len, generator=generator)
+        plan = self.plan(
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
         return self.execute(model, plan, generator=generator)
 
     def expected_calls(
-        self, model_config: Any, *, batch_size: int, seq_len: int
+        self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
-        """L full-length calls."""
+        """L − P full-length calls."""
         L = seq_len
-        return [(L, L, L, L)] * L
+        return [(L, L, L, L)] * (L - prompt_len)

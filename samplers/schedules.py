@@ -22,7 +22,14 @@ Two small registries, each entry one method wide (house-style §1):
 | ``random``      | k uniformly random masked positions (ancestral samplers)  | no       |
 | ``left_to_right`` | the k leftmost masked positions                         | no       |
 | ``confidence``  | the k most confident (LLaDA low-confidence remasking)     | no       |
+| ``margin``      | the k largest top-1 − top-2 probability margins (Dream ``topk_margin``) | no |
+| ``entropy``     | the k lowest-entropy positions (Dream ``entropy``)        | no       |
 | ``threshold``   | every position with confidence > τ, at least max(k, 1) (Fast-dLLM) | yes |
+
+A policy ranks positions by keys: the proposed token's probability (the *confidence*) unless it
+defines ``score(log_p, proposal)``; :func:`policy_keys` computes the keys a sampler passes to
+``select``. ``margin`` and ``entropy`` define ``score``; all keys come from the same float64
+distribution the proposals are drawn from (after SUBS, temperature and top-p).
 
 Entries are classes whose constructors take keyword parameters with defaults
 (``POLICIES.get("threshold")(threshold=0.9)``); :func:`build` and :func:`build_problems`
@@ -96,9 +103,12 @@ class UnmaskPolicy(Protocol):
     ) -> Tensor:
         """Choose positions to commit.
 
+        A policy may also define ``score(log_p, proposal) -> (b, n)`` float64 keys (larger =
+        commit first); samplers then pass those keys as ``confidence`` (:func:`policy_keys`).
+
         Args:
-            confidence: (b, n) float64 probability of each position's proposed token; ``None``
-                for a policy whose ``uses_confidence`` is false.
+            confidence: (b, n) float64 probability of each position's proposed token, or the
+                policy's own ``score``; ``None`` for a policy whose ``uses_confidence`` is false.
             masked: (b, n) bool, positions still masked.
             k: (b,) int64 tokens to commit per row (adaptive policies treat it as a floor).
             generator: random source on the same device.
@@ -332,6 +342,56 @@ class Confidence:
         return _top_k_mask(confidence, masked, k)
 
 
+@POLICIES.register("margin")
+class Margin:
+    """Commit the k masked positions with the largest top-1 − top-2 probability margin.
+
+    A position whose two best tokens are close is left for later even when its top token is
+    likely (Kim et al. 2025, arXiv 2502.06768; Dream's ``topk_margin``). The margin does not
+    depend on the token drawn.
+    """
+
+    name = "margin"
+    adaptive = False
+    uses_confidence = True
+
+    def score(self, log_p: Tensor, proposal: Tensor) -> Tensor:
+        """p(top-1) − p(top-2): (b, n, V) float64 log-probabilities → (b, n) float64."""
+        top2 = log_p.topk(2, dim=-1).values.exp()  # (b, n, 2)
+        return top2[..., 0] - top2[..., 1]
+
+    def select(
+        self, confidence: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """Top-k of the margin (passed as ``confidence``) over the masked positions."""
+        return _top_k_mask(confidence, masked, k)
+
+
+@POLICIES.register("entropy")
+class Entropy:
+    """Commit the k masked positions whose predictive distribution has the lowest entropy.
+
+    Keys are −H(p) = Σ_v p_v log p_v, so the sharpest distributions go first (Dream's
+    ``entropy`` algorithm, Ye et al. 2025, arXiv 2508.15487). Tokens outside the support
+    (mask, top-p) contribute 0.
+    """
+
+    name = "entropy"
+    adaptive = False
+    uses_confidence = True
+
+    def score(self, log_p: Tensor, proposal: Tensor) -> Tensor:
+        """−H: (b, n, V) float64 log-probabilities → (b, n) float64 (≤ 0)."""
+        p = log_p.exp()
+        return torch.where(p > 0, p * log_p, torch.zeros_like(p)).sum(dim=-1)
+
+    def select(
+        self, confidence: Tensor, masked: Tensor, k: Tensor, generator: torch.Generator
+    ) -> Tensor:
+        """Top-k of −H (passed as ``confidence``) over the masked positions."""
+        return _top_k_mask(confidence, masked, k)
+
+
 @POLICIES.register("threshold")
 class Threshold:
     """Fast-dLLM parallel decoding: commit every masked position with confidence > τ.
@@ -363,6 +423,23 @@ class Threshold:
         """(confidence > τ) ∪ top-max(k, 1) confidence, over the masked positions."""
         over = masked & (confidence > self.threshold)
         return over | _top_k_mask(confidence, masked, k.clamp_min(1))
+
+
+def policy_keys(policy: Any, log_p: Tensor, proposal: Tensor) -> Tensor:
+    """The keys ``policy.select`` ranks by: ``policy.score`` if defined, else p(proposal).
+
+    Args:
+        policy: an unmasking policy; ``score(log_p, proposal)`` is optional.
+        log_p: (b, n, V) float64 log-probabilities the proposals were drawn from.
+        proposal: (b, n) int64 proposed tokens.
+
+    Returns:
+        (b, n) float64.
+    """
+    score = getattr(policy, "score", None)
+    if score is not None:
+        return score(log_p, proposal)
+    return log_p.gather(-1, proposal[..., None]).squeeze(-1).exp()
 
 
 def _top_k_mask(keys: Tensor, masked: Tensor, k: Tensor) -> Tensor:

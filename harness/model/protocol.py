@@ -11,7 +11,8 @@ Configuration (``model.config``):
 
 Calls (raw logits; SUBS parameterisation and sampling are the sampler's job):
     ``model(x, positions=None, attn_mask=None, is_causal=None, logits=None)``:
-        uncached forward, (b, n) → (b, n', V); ``logits=k`` computes the last k rows only.
+        uncached forward, (b, n) → (b, n', V); ``logits=k`` computes the last k rows only,
+        ``logits=slice(s, e)`` rows s … e−1 only (``mdlm_blocks``: the current block's rows).
     ``model.forward_cached(x, cache, start=, causal=, positions=|rope=, logits=,
     return_logits=)``: writes the fed rows' K/V at cache rows [start, start+n) and attends
         over [0, start+n); (b, n) → (b, n', V) or None.
@@ -20,6 +21,19 @@ Calls (raw logits; SUBS parameterisation and sampling are the sampler's job):
     ``model.new_kv_cache(b, L)``, ``model.new_qkv_cache(b, L, block_size)``: zeroed caches.
     ``model.block_causal_mask(n, block_size, device)``: (n, n) bool, BD3-LM's clean pattern.
     ``model.rotary_emb.tables(positions)``: rotary (cos, sin) gathered at positions (Eso-LM).
+
+Prompts (``samplers/base.py``): a prompt is ordinary token ids at positions [0, P) of the canvas;
+the denoiser needs no extra member for it. What the calls look like with a prompt:
+    full-canvas samplers (``mdlm``, ``mdlm_first_hitting``, ``mdlm_blocks``) feed the whole
+        canvas [prompt ; tokens] every call;
+    ``ar`` with a cache: one prefill ``forward_cached(x[:, :P], start=0, causal=True, logits=1)``,
+        then one token per call;
+    ``bd3lm`` cached: one prefill over the ⌊P/L′⌋ whole prompt blocks,
+        ``forward_cached(x[:, :j0·L′], start=0, causal=False, attn_mask=<block-causal>,
+        return_logits=False)`` (or ``forward_cached_reference(..., start=0,
+        return_logits=False)``), then block calls from block j0;
+    ``esolm`` / ``esolm_block`` cached: the first call feeds the P prompt tokens followed by the
+        first step's masks (``causal=True``, rope gathered at π with π[:P] = 0 … P−1).
 """
 
 from __future__ import annotations

@@ -84,14 +84,20 @@ class FixedLogitsModel:
     calls: list[Call] = field(default_factory=list)
     rotary_emb: PositionTables = field(default_factory=PositionTables)
 
+    def logits_at(self, x: Tensor, pos: Tensor) -> Tensor:
+        """(b, n, V) logits of the fed rows x (b, n) at natural positions pos (b, n)."""
+        table = self.table if self.table.dim() == 2 else self.table[None]
+        idx = pos if self.table.dim() == 2 else torch.zeros_like(pos)
+        return table[idx]
+
     def _out(self, x: Tensor, pos: Tensor, method: str, start: int | None, rows: Any) -> Tensor:
         b, n = x.shape
         pos = pos.expand(b, n) if pos.dim() == 2 else pos[None].expand(b, n)
-        table = self.table if self.table.dim() == 2 else self.table[None]
-        idx = pos if self.table.dim() == 2 else torch.zeros_like(pos)
-        out = table[idx]  # (b, n, V)
+        out = self.logits_at(x, pos)  # (b, n, V)
         if isinstance(rows, int):
             out = out[:, -rows:] if rows > 0 else out[:, :0]
+        elif isinstance(rows, slice):
+            out = out[:, rows]
         self.calls.append(Call(method, x.clone(), pos.clone(), start, out.shape[1]))
         return out
 
@@ -102,13 +108,17 @@ class FixedLogitsModel:
         positions: Tensor | None = None,
         attn_mask: Tensor | None = None,
         is_causal: bool | None = None,
-        logits: int | None = None,
+        logits: int | slice | None = None,
         **_: Any,
     ) -> Tensor:
-        """Uncached call: positions default to 0 … n−1."""
+        """Uncached call: positions default to 0 … n−1; ``logits`` = last k rows or a slice."""
         if positions is None:
             positions = torch.arange(x.shape[1], device=x.device)
         return self._out(x, positions, "forward", None, logits)
+
+    def __call__(self, x: Tensor, **kw: Any) -> Tensor:
+        """``model(x, ...)`` is :meth:`forward`, as on an ``nn.Module``."""
+        return self.forward(x, **kw)
 
     def forward_cached(
         self,
@@ -121,6 +131,7 @@ class FixedLogitsModel:
         rope: tuple[Tensor, Tensor] | None = None,
         logits: int | None = None,
         return_logits: bool = True,
+        attn_mask: Tensor | None = None,
     ) -> Tensor | None:
         """Cached call: positions from ``rope`` (Eso-LM), ``positions`` or start … start+n−1."""
         n = x.shape[1]
@@ -156,6 +167,44 @@ class FixedLogitsModel:
     def new_qkv_cache(self, batch_size: int, length: int, block_size: int, **_: Any) -> FakeCache:
         """A QKV cache stand-in of ``length`` rows."""
         return FakeCache(batch_size, length)
+
+
+@dataclass
+class CopyPromptModel(FixedLogitsModel):
+    """A model whose output is determined by the prompt: position q copies position q mod P.
+
+    The fake remembers every clean token fed so far at its natural position (what a cache, or a
+    full-canvas forward, lets the real network see). The row fed at position p gets logits
+    ``height`` on the token seen at position (p + shift) mod ``period`` and 0 elsewhere, so the
+    token sampled at q is prompt[q mod P] with probability ≥ 1 − V·e^−height when
+    ``period`` = P (``shift`` = 1 for AR, whose row p predicts p + 1). Raises AssertionError if
+    that source position was never fed clean: the prompt was not visible to the call.
+    """
+
+    period: int = 1
+    shift: int = 0
+    height: float = 60.0
+    seen: Tensor | None = None
+
+    def logits_at(self, x: Tensor, pos: Tensor) -> Tensor:
+        """Record the clean fed tokens, then peak every row on its source position's token."""
+        b, n = x.shape
+        if self.seen is None:
+            self.seen = torch.full((b, self.table.shape[0]), -1, dtype=torch.long)
+        pos = pos.long()
+        clean = x != self.config.mask_id
+        self.seen.scatter_(1, pos, torch.where(clean, x, self.seen.gather(1, pos)))
+        src = self.seen.gather(1, (pos + self.shift) % self.period)  # (b, n)
+        assert bool((src >= 0).all()), "a call could not see the prompt position it copies"
+        out = torch.zeros(b, n, self.config.vocab_size)
+        return out.scatter_(2, src[..., None], self.height)
+
+
+def copy_model(family: str, vocab_size: int, seq_len: int, period: int) -> CopyPromptModel:
+    """A :class:`CopyPromptModel` copying with period P (shift 1 for the ``ar`` family)."""
+    cfg = FakeConfig(family, vocab_size)
+    table = torch.zeros(seq_len, vocab_size)
+    return CopyPromptModel(cfg, table, period=period, shift=int(family == "ar"))
 
 
 def peaked_table(seq_len: int, vocab_size: int, height: float = 60.0) -> Tensor:

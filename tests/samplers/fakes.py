@@ -115,6 +115,7 @@ class FixedLogitsModel(nn.Module):
         rope: tuple[Tensor, Tensor] | None = None,
         logits: slice | int | None = None,
         return_logits: bool = True,
+        attn_mask: Tensor | None = None,
     ) -> Tensor | None:
         n = x.shape[1]
         if start + n > cache.length:

@@ -6,7 +6,8 @@ Parametrized over the registries, so a new plugin is covered as soon as it is im
 * its DEFAULT config runs on ``tiny_model(families[0])`` at L = 16, batch 2 (the tiny model gets
   ``bos_index = V − 2`` and, if the config has one, the config's ``block_size``);
 * its default config has a fixed (non-adaptive) schedule, so profile mode at batch 1 with the
-  same seed makes exactly the calls of full mode (profile simulates a single sequence).
+  same seed makes exactly the calls of full mode (profile simulates a single sequence);
+* its default config accepts a (b, P) ``prompt`` at L = 32, P = 16 (``samplers/base.py``).
 """
 
 from __future__ import annotations
@@ -136,6 +137,36 @@ def test_plan_replays(name):
     r2 = sampler.execute(model, plan, generator=torch.Generator().manual_seed(5))
     assert torch.equal(r1.tokens, r2.tokens) and r1.calls == r2.calls
     check_result(r1)
+
+
+@pytest.mark.parametrize("name", SAMPLER_NAMES)
+def test_prompt_contract(name):
+    """A prompt survives unchanged, info records P and L − P, profile replays the calls, a plan
+    replays, and ``expected_calls(prompt_len=P)`` gives well-formed records."""
+    Lp, P = 32, 16
+    sampler = default_sampler(name)
+    model = model_for(sampler)
+    prompt = torch.randint(0, MASK - 2, (B, P), generator=torch.Generator().manual_seed(9))
+    kw = dict(batch_size=B, seq_len=Lp, prompt=prompt)
+    res = sampler.sample(model, generator=torch.Generator().manual_seed(2), **kw)
+    check_result(res, seq_len=Lp)
+    assert torch.equal(res.tokens[:, :P], prompt)
+    assert (res.info["prompt_len"], res.info["gen_tokens"]) == (P, Lp - P)
+    plan = sampler.plan(model, generator=torch.Generator().manual_seed(2), **kw)
+    r1, r2 = (
+        sampler.execute(model, plan, generator=torch.Generator().manual_seed(5)) for _ in "12"
+    )
+    assert torch.equal(r1.tokens, r2.tokens) and r1.calls == r2.calls
+    assert torch.equal(r1.tokens[:, :P], prompt)
+    one = dict(batch_size=1, seq_len=Lp, prompt=prompt[:1])
+    full = sampler.sample(model, generator=torch.Generator().manual_seed(4), **one)
+    prof = default_sampler(name, profile=True).sample(
+        model, generator=torch.Generator().manual_seed(4), **one
+    )
+    assert prof.calls == full.calls
+    calls = sampler.expected_calls(model.config, batch_size=B, seq_len=Lp, prompt_len=P)
+    assert len(calls) >= 1
+    assert all(len(c) == 4 and all(int(v) == v and v >= 0 for v in c) for c in calls)
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
