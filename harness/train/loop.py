@@ -2,6 +2,11 @@
 
     /work/main/.venv/bin/python -m harness.train configs/train/mdlm.yaml [a=value ...]
 
+With ``data: tasks`` or ``mix`` the rows are prompt-conditioned task rows of the task suite
+(``harness.train.taskdata``; mixed with corpus windows for ``mix``), the prompt is never corrupted
+nor scored, and every validation also reports the held-out task NELBO and exact-match accuracy of
+greedy one-token-per-step decoding per task and level (``harness.train.taskeval``).
+
 The loop follows ``training.md`` §1–§6: AdamW, linear warm-up then cosine (or constant) learning
 rate, gradient-norm clip, an EMA with the warm-up decay d_n = min(0.9999, (1 + n)/(10 + n)) whose
 weights are validated and shipped, periodic validation NELBO/PPL on a fixed subset with a fixed
@@ -33,7 +38,20 @@ from torch import Tensor
 from dlmcore.configio import ConfigError, from_dict, parse_scalar, to_dict
 from harness.model.network import MODEL_SIZES, DiT, DiTConfig
 from harness.train.objectives import OBJECTIVES, LossTerms, ObjectiveConfig
+from harness.train.taskdata import EncodedTasks, SuiteFn
 from harness.train.tokenizer import REPO_ROOT
+
+TASK_FIELDS = {
+    "data": "corpus",
+    "task_fraction": 0.5,
+    "tasks": None,
+    "task_levels": None,
+    "task_pool_per": 2000,
+    "task_val_per": 16,
+    "task_decode": "left_to_right",
+}
+"""Fields added for task training and their defaults; at their defaults they stay out of
+:func:`config_hash`, so every earlier config keeps its hash."""
 
 # ---------------------------------------------------------------------------------------------
 # Configuration
@@ -52,6 +70,18 @@ class TrainConfig:
         block_size: BD3-LM L′ (required for ``bd3lm``, ignored otherwise).
         corpus: corpus file (relative paths are relative to the repository root).
         tokenizer: tokenizer file.
+        data: ``corpus`` (corpus windows only, as before), ``tasks`` (task rows only) or
+            ``mix`` (``task_fraction`` of every batch task rows, the rest corpus windows).
+        task_fraction: ``mix``: the share of task rows per batch, round(task_fraction · b).
+        tasks: task names of ``harness.tasks.suite.TASKS``; None = every built-in task.
+        task_levels: levels of every task; None = all levels of each.
+        task_pool_per: training examples drawn per (task, level) (seed ``seed``), before the
+            held-out ones are removed.
+        task_val_per: held-out examples per (task, level) (seed ``val_seed``), for the task
+            NELBO and the exact-match accuracy.
+        task_decode: greedy decoding of the diffusion families for the accuracy:
+            ``left_to_right`` or ``confidence`` (one token per call either way; AR is left to
+            right).
         batch_size: b, rows per optimiser step.
         steps: optimiser steps.
         lr: peak learning rate.
@@ -94,6 +124,13 @@ class TrainConfig:
     block_size: int | None = None
     corpus: str = "data/corpus/corpus.jsonl.xz"
     tokenizer: str = "checkpoints/tokenizer/tokenizer.json"
+    data: Literal["corpus", "tasks", "mix"] = "corpus"
+    task_fraction: float = 0.5
+    tasks: tuple[str, ...] | None = None
+    task_levels: tuple[int, ...] | None = None
+    task_pool_per: int = 2000
+    task_val_per: int = 16
+    task_decode: Literal["left_to_right", "confidence"] = "left_to_right"
     batch_size: int = 16
     steps: int = 1500
     lr: float = 1e-3
@@ -164,7 +201,33 @@ class TrainConfig:
             out.append("'snapshot_step' and 'snapshot_dir' go together; set both or neither.")
         if self.snapshot_step is not None and not 1 <= self.snapshot_step <= self.steps:
             out.append(f"'snapshot_step' is {self.snapshot_step}; allowed 1 … {self.steps}.")
-        return out
+        return out + self.task_problems()
+
+    def task_problems(self) -> list[str]:
+        """Problems of the task-data fields (names and levels checked against the suite)."""
+        if self.data == "corpus":
+            set_ = [k for k in ("tasks", "task_levels") if getattr(self, k) is not None]
+            return [
+                f"'{k}' is set but 'data' is 'corpus' (task rows are not used); set data: tasks "
+                "or data: mix, or remove it."
+                for k in set_
+            ]
+        out = []
+        for name in ("task_pool_per", "task_val_per"):
+            if getattr(self, name) < 1:
+                out.append(f"'{name}' is {getattr(self, name)}; it must be >= 1.")
+        for name in ("tasks", "task_levels"):
+            if getattr(self, name) is not None and not getattr(self, name):
+                out.append(f"'{name}' is empty; list at least one, or leave it out for all.")
+        if self.data == "mix":
+            k = round(self.task_fraction * self.batch_size)
+            if not 0 < self.task_fraction < 1 or not 1 <= k <= self.batch_size - 1:
+                out.append(
+                    f"'task_fraction' is {self.task_fraction}: with batch_size "
+                    f"{self.batch_size} that is {k} task rows per batch; data: mix needs 1 … "
+                    f"{self.batch_size - 1} (use data: tasks or data: corpus for all or none)."
+                )
+        return out + _suite_problems(self.tasks, self.task_levels)
 
     def objective(self) -> ObjectiveConfig:
         """The objective settings of this run."""
@@ -178,6 +241,28 @@ class TrainConfig:
             clip_max=self.clip_max,
             resample=self.resample,
         )
+
+
+def _suite_problems(tasks: tuple[str, ...] | None, levels: tuple[int, ...] | None) -> list[str]:
+    """Unknown task names (did-you-mean) and levels a task does not have."""
+    try:
+        from harness.tasks.suite import TASKS
+    except ImportError:
+        return []  # reported when the data are loaded (taskdata.default_suite)
+    out, specs = [], []
+    for name in tasks or TASKS.names():
+        if name in TASKS:
+            specs.append(TASKS.get(name))
+        else:
+            out.append(f"'tasks' has {name!r}: {TASKS.unknown_message(name)}")
+    for spec in specs:
+        bad = [lv for lv in levels or () if lv not in spec.levels]
+        if bad:
+            out.append(
+                f"'task_levels' has {bad}, which task {spec.name!r} does not have; its levels "
+                f"are {list(spec.levels)}."
+            )
+    return out
 
 
 def name_problems(name: Any) -> list[str]:
@@ -263,8 +348,12 @@ def check_outputs(cfg: TrainConfig, overwrite: bool = False) -> None:
 
 
 def config_hash(cfg: TrainConfig) -> str:
-    """First 16 hex digits of the SHA-256 of the resolved config (sorted JSON)."""
-    return hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()[:16]
+    """First 16 hex digits of the SHA-256 of the resolved config (sorted JSON).
+
+    The :data:`TASK_FIELDS` left at their defaults are not hashed (earlier configs keep theirs).
+    """
+    d = {k: v for k, v in to_dict(cfg).items() if k not in TASK_FIELDS or v != TASK_FIELDS[k]}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -405,7 +494,12 @@ class ValResult:
 
 @torch.no_grad()
 def evaluate(
-    model: DiT, rows: Tensor, cfg: TrainConfig, seed: int, batch_size: int | None = None
+    model: DiT,
+    rows: Tensor,
+    cfg: TrainConfig,
+    seed: int,
+    batch_size: int | None = None,
+    prompt_len: Tensor | None = None,
 ) -> ValResult:
     """Validation NELBO/PPL over ``rows`` with a dedicated seeded generator (§1.7).
 
@@ -418,6 +512,8 @@ def evaluate(
         cfg: the run config (objective settings).
         seed: seed of t, masks and π.
         batch_size: rows per forward; default ``cfg.val_batch_size``.
+        prompt_len: (n,) prompt lengths of task rows (the conditional NELBO of the answers);
+            None for corpus rows.
     """
     was_training = model.training
     model.eval()
@@ -426,7 +522,8 @@ def evaluate(
     bs = batch_size or cfg.val_batch_size
     total, count, per_batch = 0.0, 0, []
     for i in range(0, len(rows), bs):
-        terms: LossTerms = objective(model, rows[i : i + bs], gen, ocfg, False)
+        plen = None if prompt_len is None else prompt_len[i : i + bs]
+        terms: LossTerms = objective(model, rows[i : i + bs], gen, ocfg, False, prompt_len=plen)
         total += float(terms.total.double())
         count += terms.count
         per_batch.append(float(terms.total) / terms.count)
@@ -486,8 +583,18 @@ def round_weights(model: DiT, dtype: str) -> None:
 
 
 @dataclass
+class TaskData:
+    """Task rows of a ``data: tasks|mix`` run: the training pool and the held-out examples."""
+
+    train: EncodedTasks
+    val: EncodedTasks
+    decode: Any  # ids -> text (TextTokenizer.decode)
+    eos: int  # the id that ends an answer
+
+
+@dataclass
 class RunData:
-    """Training and validation rows, both (n, L) int64."""
+    """Training and validation corpus rows, both (n, L) int64, and the task rows if any."""
 
     train: np.ndarray
     val: np.ndarray
@@ -495,10 +602,22 @@ class RunData:
     bos: int
     eos: int
     mask: int
+    tasks: TaskData | None = None
 
 
-def load_data(cfg: TrainConfig) -> RunData:
-    """Tokenised rows of both splits (cached token streams, ``harness.train.corpus``)."""
+def load_data(cfg: TrainConfig, suite_fn: SuiteFn | None = None) -> RunData:
+    """Tokenised rows of both splits (cached token streams, ``harness.train.corpus``).
+
+    With ``data: tasks|mix`` also the task rows (``harness.train.taskdata``).
+
+    Args:
+        cfg: the run config.
+        suite_fn: the task suite (default ``harness.tasks.suite.suite``).
+
+    Raises:
+        ConfigError: a task row does not fit ``seq_len``, or a (task, level) has no training
+            example left after the held-out ones are removed.
+    """
     from harness.train.corpus import make_rows, token_stream
     from harness.train.tokenizer import TextTokenizer
 
@@ -506,7 +625,29 @@ def load_data(cfg: TrainConfig) -> RunData:
     corpus = resolve(cfg.corpus)
     train = make_rows(token_stream("train", tok, corpus), cfg.seq_len, tok.bos_id)
     val = make_rows(token_stream("validation", tok, corpus), cfg.seq_len, tok.bos_id)
-    return RunData(train, val, tok.vocab_size, tok.bos_id, tok.eos_id, tok.mask_id)
+    tasks = None if cfg.data == "corpus" else load_tasks(cfg, tok, suite_fn)
+    return RunData(train, val, tok.vocab_size, tok.bos_id, tok.eos_id, tok.mask_id, tasks)
+
+
+def load_tasks(cfg: TrainConfig, tok: Any, suite_fn: SuiteFn | None = None) -> TaskData:
+    """The training pool and held-out examples as rows (``taskdata.split_examples``)."""
+    from harness.train.taskdata import default_suite, encode_tasks, split_examples
+
+    train_ex, val_ex = split_examples(
+        suite_fn or default_suite(),
+        cfg.tasks,
+        cfg.task_levels,
+        cfg.task_pool_per,
+        cfg.task_val_per,
+        cfg.seed,
+        cfg.val_seed,
+    )
+    return TaskData(
+        encode_tasks(train_ex, tok, cfg.seq_len),
+        encode_tasks(val_ex, tok, cfg.seq_len),
+        tok.decode,
+        tok.eos_id,
+    )
 
 
 def fixed_val_subset(val: np.ndarray, n: int, seed: int) -> Tensor:
@@ -530,16 +671,17 @@ class LogWriter:
         "elapsed_s",
     )
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, extra: tuple[str, ...] = ()) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.columns = self.COLUMNS + tuple(extra)
         self._f = path.open("w", newline="")
-        self._w = csv.DictWriter(self._f, fieldnames=self.COLUMNS)
+        self._w = csv.DictWriter(self._f, fieldnames=self.columns)
         self._w.writeheader()
 
     def row(self, **values: Any) -> None:
         """Write one row; missing columns stay empty."""
-        self._w.writerow({k: values.get(k, "") for k in self.COLUMNS})
+        self._w.writerow({k: values.get(k, "") for k in self.columns})
         self._f.flush()
 
     def close(self) -> None:
@@ -558,7 +700,7 @@ class TrainState:
     ema: EMA
     opt: torch.optim.Optimizer
     gen: torch.Generator
-    batches: Iterator[np.ndarray]
+    batches: Iterator[tuple[np.ndarray, np.ndarray | None]]
     val_subset: Tensor
     log: LogWriter
     t_start: float
@@ -568,13 +710,35 @@ class TrainState:
         return time.perf_counter() - self.t_start
 
 
-def setup(cfg: TrainConfig, log_path: Path) -> TrainState:
-    """Load data, build (or load) the model, its EMA, AdamW, the generator and the log."""
-    from harness.train.corpus import iterate_batches
+def task_log_columns(tasks: TaskData | None) -> tuple[str, ...]:
+    """Extra ``train_log.csv`` columns of a task run: task NELBO, accuracy, one per cell."""
+    if tasks is None:
+        return ()
+    from harness.train.taskdata import cell
 
+    cells = dict.fromkeys("acc:" + ":".join(cell(ex)) for ex in tasks.val.examples)
+    return ("task_val_nll", "task_acc", *cells)
+
+
+def batch_stream(cfg: TrainConfig, data: RunData) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Endless (rows (b, L), prompt_len (b,) or None) batches for ``cfg.data``."""
+    from harness.train.corpus import iterate_batches
+    from harness.train.taskdata import mixed_batches, task_rows_per_batch
+
+    if data.tasks is None:
+        return ((x, None) for x in iterate_batches(data.train, cfg.batch_size, cfg.seed))
+    n_task = cfg.batch_size
+    if cfg.data == "mix":
+        n_task = task_rows_per_batch(cfg.batch_size, cfg.task_fraction)
+    t = data.tasks.train
+    return mixed_batches(t.rows, t.prompt_len, data.train, cfg.batch_size, n_task, cfg.seed)
+
+
+def setup(cfg: TrainConfig, log_path: Path, suite_fn: SuiteFn | None = None) -> TrainState:
+    """Load data, build (or load) the model, its EMA, AdamW, the generator and the log."""
     torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    data = load_data(cfg)
+    data = load_data(cfg, suite_fn)
     model = build_model(cfg, data.tokenizer_vocab, data.bos, data.eos, data.mask).train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
@@ -592,9 +756,9 @@ def setup(cfg: TrainConfig, log_path: Path) -> TrainState:
         ema=EMA(params, cfg.ema),
         opt=opt,
         gen=torch.Generator().manual_seed(cfg.seed),
-        batches=iterate_batches(data.train, cfg.batch_size, cfg.seed),
+        batches=batch_stream(cfg, data),
         val_subset=fixed_val_subset(data.val, cfg.val_rows, cfg.val_seed),
-        log=LogWriter(log_path),
+        log=LogWriter(log_path, task_log_columns(data.tasks)),
         t_start=t_start,
     )
 
@@ -603,8 +767,11 @@ def train_step(st: TrainState, step: int) -> tuple[float, float]:
     """One optimiser step (§2 step 4): loss, backward, clip, AdamW, EMA. Returns (loss, ‖g‖)."""
     for group in st.opt.param_groups:
         group["lr"] = lr_at(step, st.cfg)
-    x = torch.from_numpy(next(st.batches))  # (b, L)
-    loss = OBJECTIVES[st.cfg.family](st.model, x, st.gen, st.cfg.objective(), True).loss
+    rows, plen = next(st.batches)
+    x = torch.from_numpy(rows)  # (b, L)
+    prompt_len = None if plen is None else torch.from_numpy(plen)  # (b,)
+    objective = OBJECTIVES[st.cfg.family]
+    loss = objective(st.model, x, st.gen, st.cfg.objective(), True, prompt_len=prompt_len).loss
     st.opt.zero_grad(set_to_none=True)
     loss.backward()
     gnorm = float(torch.nn.utils.clip_grad_norm_(st.params, st.cfg.grad_clip))
@@ -614,17 +781,53 @@ def train_step(st: TrainState, step: int) -> tuple[float, float]:
 
 
 def validate_subset(st: TrainState, done: int) -> ValResult:
-    """Validation on the fixed subset with the EMA weights swapped in; logged."""
-    res = _with_ema(
+    """Validation on the fixed subset (and the held-out tasks) with the EMA weights; logged."""
+    res, task = _with_ema(
         st.model,
         st.params,
         st.ema,
-        lambda: evaluate(st.model, st.val_subset, st.cfg, st.cfg.val_seed),
+        lambda: (
+            evaluate(st.model, st.val_subset, st.cfg, st.cfg.val_seed),
+            validate_tasks(st.model, st.data.tasks, st.cfg),
+        ),
     )
-    st.log.row(
-        step=done, val_nll=res.nll, val_ppl=res.ppl, val_nll_se=res.nll_se, elapsed_s=st.elapsed()
-    )
+    st.log.row(step=done, val_nll=res.nll, val_ppl=res.ppl, val_nll_se=res.nll_se,
+               elapsed_s=st.elapsed(), **task_log_values(task))  # fmt: skip
     return res
+
+
+def validate_tasks(model: DiT, tasks: TaskData | None, cfg: TrainConfig) -> dict[str, Any] | None:
+    """Held-out task NELBO (answers given prompts) and greedy exact-match accuracy.
+
+    Returns:
+        None without tasks, else ``{"task_val_nll": ValResult, "accuracy": TaskAccuracy}``.
+    """
+    if tasks is None:
+        return None
+    from harness.train.taskeval import task_accuracy
+
+    v = tasks.val
+    nll = evaluate(
+        model,
+        torch.from_numpy(v.rows),
+        cfg,
+        cfg.val_seed,
+        prompt_len=torch.from_numpy(v.prompt_len),
+    )
+    was_training = model.training
+    model.eval()
+    acc = task_accuracy(model, v, tasks.decode, tasks.eos, cfg.task_decode)
+    model.train(was_training)
+    return {"task_val_nll": nll, "accuracy": acc}
+
+
+def task_log_values(task: dict[str, Any] | None) -> dict[str, float]:
+    """The task columns of one ``train_log.csv`` row."""
+    if task is None:
+        return {}
+    acc = task["accuracy"]
+    cells = {f"acc:{k}": v for k, v in acc.per_cell.items()}
+    return {"task_val_nll": task["task_val_nll"].nll, "task_acc": acc.overall, **cells}
 
 
 def save_snapshot(st: TrainState, done: int) -> None:
@@ -636,7 +839,9 @@ def save_snapshot(st: TrainState, done: int) -> None:
     _with_ema(st.model, st.params, st.ema, lambda: save_checkpoint(st.model, target, extra=extra))
 
 
-def train(cfg: TrainConfig, command: str = "", overwrite: bool = False) -> dict[str, Any]:
+def train(
+    cfg: TrainConfig, command: str = "", overwrite: bool = False, suite_fn: SuiteFn | None = None
+) -> dict[str, Any]:
     """Run one training job and write the checkpoint; returns the metrics section.
 
     Args:
@@ -645,6 +850,7 @@ def train(cfg: TrainConfig, command: str = "", overwrite: bool = False) -> dict[
         overwrite: replace an existing output (and snapshot) folder that holds a dlmbench
             checkpoint; without it an existing folder is an error. Either way the new
             checkpoint is written to a temp sibling and renamed into place.
+        suite_fn: the task suite for ``data: tasks|mix`` (default ``harness.tasks.suite.suite``).
 
     Raises:
         ConfigError: a bad ``name`` or an output folder that must not be replaced
@@ -655,7 +861,7 @@ def train(cfg: TrainConfig, command: str = "", overwrite: bool = False) -> dict[
     check_outputs(cfg, overwrite)
     out = resolve(cfg.out_dir) / cfg.name
     tmp_log = out.parent / f".{cfg.name}.train_log.csv"
-    st = setup(cfg, tmp_log)
+    st = setup(cfg, tmp_log, suite_fn)
     running, n_run, last_val = 0.0, 0, None
     bar = tqdm(range(cfg.steps), desc=cfg.name, mininterval=1.0 if sys.stderr.isatty() else 30.0)
     for step in bar:
@@ -688,11 +894,13 @@ def finish(
     cfg = st.cfg
     st.ema.copy_to(st.params)  # from here on the model holds the shipped (EMA) weights
     round_weights(st.model, cfg.save_dtype)
-    final = None
+    final, task = None, None
     if cfg.final_validation:
         final = evaluate(st.model, torch.from_numpy(st.data.val), cfg, cfg.val_seed)
+        task = validate_tasks(st.model, st.data.tasks, cfg)
         st.log.row(step=cfg.steps, val_nll=final.nll, val_ppl=final.ppl,
-                   val_nll_se=final.nll_se, elapsed_s=st.elapsed())  # fmt: skip
+                   val_nll_se=final.nll_se, elapsed_s=st.elapsed(),
+                   **task_log_values(task))  # fmt: skip
     st.log.close()
     metrics = {
         "final_validation": final.as_dict() if final else None,
@@ -705,6 +913,13 @@ def finish(
         "wall_s": st.elapsed(),
         "parameters": st.model.num_parameters(),
     }
+    if task is not None:
+        metrics["task_val_nll"] = task["task_val_nll"].nll
+        metrics["task_accuracy"] = task["accuracy"].summary()
+        metrics["task_scope"] = (
+            "held-out task examples (ids and prompts never trained on), EMA weights as shipped; "
+            f"greedy one token per call, {cfg.task_decode} (AR: left to right); exact match"
+        )
     extra = {
         "training": {"config": to_dict(cfg), "config_hash": config_hash(cfg), "command": command},
         "metrics": metrics,
@@ -764,7 +979,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for a in ["python", "-m", "harness.train", args.config, *args.overrides, *flags]
     )
     metrics = train(cfg, command, overwrite=overwrite)
-    print(json.dumps({k: metrics[k] for k in ("val_nll", "val_ppl", "steps", "wall_s")}))
+    keys = ("val_nll", "val_ppl", "steps", "wall_s", "task_val_nll")
+    summary = {k: metrics[k] for k in keys if k in metrics}
+    if "task_accuracy" in metrics:
+        summary["task_acc"] = metrics["task_accuracy"]["overall"]
+    print(json.dumps(summary))
     return 0
 
 

@@ -17,6 +17,14 @@ b·L (b·(L − 1) for AR; ``training.md`` §1.6). Validation (``train=False``) 
 the unclipped range [ε_s, 1] without resampling, keeps position 0 (BOS) clean and counts positions
 1 … L−1 only, so all four families score the same tokens (``training.md`` §6.2).
 
+**Prompt conditioning.** Every objective takes an optional ``prompt_len`` (b,) int tensor P: the
+positions [0, P) of row i (BOS and the prompt tokens of a task row ``[BOS] prompt answer [EOS] …``)
+are never corrupted (no masks in MDLM/Eso-LM, clean in BD3-LM's noisy half; Eso-LM's π then puts
+them among the clean tokens) and carry no loss; AR scores only the next-token predictions of
+positions ≥ max(P, 1). The divisor counts the scored positions: Σ (L − P) in training (so P = 0 is
+the unconditional b·L), Σ (L − max(P, 1)) at validation (so P ≤ 1 is the unconditional
+b·(L − 1)). ``prompt_len=None`` runs exactly the unconditional code path (bit-identical losses).
+
 Shapes: b = rows, L = row length, V = vocabulary including the mask, n_b = L / L′ blocks.
 """
 
@@ -161,10 +169,63 @@ def _weights(t: Tensor, cfg: ObjectiveConfig, train: bool) -> Tensor:
     return nelbo_weight(t)
 
 
-def _count(x: Tensor, train: bool) -> int:
-    """Training divisor b·L (§1.6); validation scores positions 1 … L−1 only (§6.2)."""
+def _count(x: Tensor, train: bool, prompt_len: Tensor | None = None) -> int:
+    """Training divisor b·L (§1.6); validation scores positions 1 … L−1 only (§6.2).
+
+    With ``prompt_len`` P (b,): the number of scored positions, Σ (L − P) in training and
+    Σ (L − max(P, 1)) at validation.
+    """
     b, L = x.shape
-    return b * L if train else b * (L - 1)
+    if prompt_len is None:
+        return b * L if train else b * (L - 1)
+    return int((L - _first_scored(prompt_len, train)).sum())
+
+
+def _first_scored(prompt_len: Tensor, train: bool) -> Tensor:
+    """(b,) first scored position: P in training, max(P, 1) at validation (BOS never scored)."""
+    return prompt_len if train else prompt_len.clamp(min=1)
+
+
+def check_prompt_len(prompt_len: Tensor | None, x: Tensor) -> None:
+    """Raise ValueError unless ``prompt_len`` is None or a (b,) integer tensor in [0, L − 1]."""
+    if prompt_len is None:
+        return
+    b, L = x.shape
+    if prompt_len.shape != (b,) or prompt_len.is_floating_point():
+        raise ValueError(
+            f"prompt_len must be an integer tensor of shape ({b},); got {prompt_len.dtype} "
+            f"{tuple(prompt_len.shape)}."
+        )
+    if b and not (0 <= int(prompt_len.min()) and int(prompt_len.max()) <= L - 1):
+        raise ValueError(
+            f"prompt_len must lie in [0, {L - 1}] (at least one position left to score); got "
+            f"values in [{int(prompt_len.min())}, {int(prompt_len.max())}]."
+        )
+
+
+def clean_prefix(
+    prompt_len: Tensor | None, L: int, train: bool, device: torch.device, bos_clean: bool = False
+) -> Tensor | None:
+    """Positions forced clean: (b, L) or (1, L) bool, or None when nothing is.
+
+    Unconditional: none in training, position 0 at validation (and always with ``bos_clean``,
+    BD3-LM's ``ignore_bos``). Conditional: positions < P in training, < max(P, 1) at validation,
+    plus position 0 with ``bos_clean``.
+    """
+    pos = torch.arange(L, device=device)
+    if prompt_len is None:
+        if train and not bos_clean:
+            return None
+        return (pos == 0)[None]
+    keep = pos[None] < _first_scored(prompt_len.to(device), train)[:, None]
+    return keep | (pos == 0)[None] if bos_clean else keep
+
+
+def force_clean(x: Tensor, z: Tensor, masked: Tensor, keep: Tensor | None) -> tuple[Tensor, Tensor]:
+    """z ← x and masked ← False where ``keep`` (broadcast to (b, L)); unchanged for None."""
+    if keep is None:
+        return z, masked
+    return torch.where(keep, x, z), masked & ~keep
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,7 +234,12 @@ def _count(x: Tensor, train: bool) -> int:
 
 
 def mdlm_loss(
-    model: DiT, x: Tensor, generator: torch.Generator, cfg: ObjectiveConfig, train: bool = True
+    model: DiT,
+    x: Tensor,
+    generator: torch.Generator,
+    cfg: ObjectiveConfig,
+    train: bool = True,
+    prompt_len: Tensor | None = None,
 ) -> LossTerms:
     """MDLM NELBO: (1/t)·Σ_{masked} −log p_θ(x_ℓ | z_t), bidirectional denoiser.
 
@@ -184,20 +250,21 @@ def mdlm_loss(
         cfg: objective settings.
         train: training (all positions may be masked, divisor b·L) or validation (position 0
             clean, NELBO weight, divisor b·(L − 1)).
+        prompt_len: optional (b,) prompt lengths P; positions < P stay clean and unscored.
 
     Returns:
         The weighted sum and its divisor.
     """
+    check_prompt_len(prompt_len, x)
     b, L = x.shape
     t = sample_t(b, generator, cfg.sampling_eps, cfg.antithetic)  # (b,)
     move = (1 - alpha(t))[:, None]  # (b, 1)
     z, masked = mask_tokens(x, move, generator, model.config.mask_id)
-    if not train:
-        z[:, 0], masked[:, 0] = x[:, 0], False
+    z, masked = force_clean(x, z, masked, clean_prefix(prompt_len, L, train, x.device))
     logits = model(z, is_causal=False)  # (b, L, V)
     nll = subs_nll(logits, x, model.config.mask_id)  # (b, L)
     total = (nll * masked * _weights(t, cfg, train)[:, None]).sum()
-    return LossTerms(total, _count(x, train))
+    return LossTerms(total, _count(x, train, prompt_len))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,7 +373,12 @@ def bd3lm_forward(model: DiT, z: Tensor, x: Tensor, block_size: int) -> Tensor:
 
 
 def bd3lm_loss(
-    model: DiT, x: Tensor, generator: torch.Generator, cfg: ObjectiveConfig, train: bool = True
+    model: DiT,
+    x: Tensor,
+    generator: torch.Generator,
+    cfg: ObjectiveConfig,
+    train: bool = True,
+    prompt_len: Tensor | None = None,
 ) -> LossTerms:
     """BD3-LM loss Σ_k (1/t_k)·Σ_{masked in block k} −log p_θ(x^k_ℓ | z^k, x^{<k}) (§3.1).
 
@@ -319,10 +391,14 @@ def bd3lm_loss(
         generator: random source.
         cfg: objective settings; ``block_size`` must divide L.
         train: training or validation.
+        prompt_len: optional (b,) prompt lengths P; positions < P stay clean in the noisy half
+            and are unscored. Resampling looks at the raw masks, before the prompt (and
+            position 0) are made clean, as the reference does for position 0.
 
     Returns:
         The weighted sum and its divisor.
     """
+    check_prompt_len(prompt_len, x)
     b, L = x.shape
     Lb = _bd3_block_size(cfg, L)
     lo, hi = (cfg.clip_min, cfg.clip_max) if train else (cfg.sampling_eps, 1.0)
@@ -333,11 +409,12 @@ def bd3lm_loss(
         z, masked = resample_blocks(
             x, z, masked, t_tok, Lb, lo, hi, generator, model.config.mask_id
         )
-    z[:, 0], masked[:, 0] = x[:, 0], False
+    keep = clean_prefix(prompt_len, L, train, x.device, bos_clean=True)
+    z, masked = force_clean(x, z, masked, keep)
     nll = subs_nll(bd3lm_forward(model, z, x, Lb), x, model.config.mask_id)  # (b, L)
     # The reference's β > 0.5 rule (weight 1) serves the t ≡ 1 exact-NLL mode only.
     w = torch.ones_like(t_tok) if train and lo > 0.5 else 1.0 / t_tok
-    return LossTerms((nll * masked * w).sum(), _count(x, train))
+    return LossTerms((nll * masked * w).sum(), _count(x, train, prompt_len))
 
 
 def _bd3_block_size(cfg: ObjectiveConfig, L: int) -> int:
@@ -369,7 +446,12 @@ def esolm_forward(model: DiT, z_sorted: Tensor, order: Tensor) -> Tensor:
 
 
 def esolm_loss(
-    model: DiT, x: Tensor, generator: torch.Generator, cfg: ObjectiveConfig, train: bool = True
+    model: DiT,
+    x: Tensor,
+    generator: torch.Generator,
+    cfg: ObjectiveConfig,
+    train: bool = True,
+    prompt_len: Tensor | None = None,
 ) -> LossTerms:
     """Eso-LM (B) diffusion loss with α0 = 1 and batch_split 1 (§4.1).
 
@@ -379,20 +461,22 @@ def esolm_loss(
         generator: random source for t, masks and π.
         cfg: objective settings (``loss_type`` low_var in the paper's OWT recipe).
         train: training (weight per ``loss_type``) or validation (NELBO weight, position 0 clean).
+        prompt_len: optional (b,) prompt lengths P; positions < P stay clean (so π puts them
+            among the clean tokens) and are unscored.
 
     Returns:
         The weighted sum and its divisor.
     """
+    check_prompt_len(prompt_len, x)
     b, L = x.shape
     t = sample_t(b, generator, cfg.sampling_eps, cfg.antithetic)  # (b,)
     z, masked = mask_tokens(x, (1 - alpha(t))[:, None], generator, model.config.mask_id)
-    if not train:
-        z[:, 0], masked[:, 0] = x[:, 0], False
+    z, masked = force_clean(x, z, masked, clean_prefix(prompt_len, L, train, x.device))
     order = esolm_order(masked, generator)  # (b, L)
     z_s, x_s, m_s = z.gather(1, order), x.gather(1, order), masked.gather(1, order)  # (b, L)
     nll = subs_nll(esolm_forward(model, z_s, order), x_s, model.config.mask_id)  # (b, L)
     total = (nll * m_s * _weights(t, cfg, train)[:, None]).sum()
-    return LossTerms(total, _count(x, train))
+    return LossTerms(total, _count(x, train, prompt_len))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -401,20 +485,32 @@ def esolm_loss(
 
 
 def ar_loss(
-    model: DiT, x: Tensor, generator: torch.Generator, cfg: ObjectiveConfig, train: bool = True
+    model: DiT,
+    x: Tensor,
+    generator: torch.Generator,
+    cfg: ObjectiveConfig,
+    train: bool = True,
+    prompt_len: Tensor | None = None,
 ) -> LossTerms:
     """Exact NLL Σ_ℓ −log p_θ(x_ℓ | x_{<ℓ}), prepend ``none``: input x[0 … L−2], targets x[1 …].
 
     ``generator`` and ``cfg`` are unused (the loss is deterministic); the divisor is b·(L − 1)
-    in training and validation alike.
+    in training and validation alike. With ``prompt_len`` P only targets at positions
+    ≥ max(P, 1) are scored (the answer given the prompt); divisor Σ (L − max(P, 1)).
     """
+    check_prompt_len(prompt_len, x)
     b, L = x.shape
     logits = model(x[:, :-1], is_causal=True)  # (b, L−1, V)
     nll = subs_nll(logits, x[:, 1:], model.config.mask_id)  # (b, L−1)
-    return LossTerms(nll.sum(), b * (L - 1))
+    if prompt_len is None:
+        return LossTerms(nll.sum(), b * (L - 1))
+    first = prompt_len.to(x.device).clamp(min=1)  # (b,)
+    scored = torch.arange(1, L, device=x.device)[None] >= first[:, None]  # (b, L−1)
+    return LossTerms((nll * scored).sum(), int((L - first).sum()))
 
 
-Objective = Callable[[DiT, Tensor, torch.Generator, ObjectiveConfig, bool], LossTerms]
+Objective = Callable[..., LossTerms]
+"""``(model, x, generator, cfg, train=True, prompt_len=None) -> LossTerms``."""
 
 OBJECTIVES: dict[str, Objective] = {
     "mdlm": mdlm_loss,
