@@ -30,6 +30,8 @@ from typing import Any, Literal
 import torch
 
 from harness.measure.energy import nvml_handle, nvml_module
+from harness.model.hf.config import HFModelConfig
+from harness.model.hf.cost import weights_in_memory
 
 GB = 1e9
 CacheKind = Literal["kv", "qkv", "px0"]
@@ -156,6 +158,8 @@ def cache_bytes(
     """
     d, N, V = model_cfg.hidden_size, model_cfg.n_blocks, model_cfg.vocab_size
     b, L, s = batch_size, seq_len, dtype_bytes
+    if kind in ("kv", "qkv") and (d is None or N is None):  # an hf: config without d or N
+        return math.nan
     if kind == "kv":
         return float(2 * N * L * d * s * b)
     if kind == "qkv":
@@ -182,7 +186,14 @@ def weight_count(model_cfg: Any) -> int:
     Per block: the linears (QKV, out, MLP) ``(3 + 1 + 2r)·d² + (r + 1)·d`` and the AdaLN
     modulation ``c·6d + 6d``; plus the embedding ``V·d``, the head ``d·V + V`` and its AdaLN
     ``c·2d``, and the σ embedder ``256·c + c²``.
+
+    An ``hf:`` model (:class:`~harness.model.hf.config.HFModelConfig`): the parameters its
+    safetensors headers list, or the weight files' bytes / 4 for ``.bin`` checkpoints.
     """
+    if isinstance(model_cfg, HFModelConfig):
+        if model_cfg.n_params is not None:
+            return model_cfg.n_params
+        return model_cfg.weight_bytes // WEIGHT_BYTES
     d, n, v = model_cfg.hidden_size, model_cfg.n_blocks, model_cfg.vocab_size
     c, r = model_cfg.cond_dim, getattr(model_cfg, "mlp_ratio", 4)
     block = (4 + 2 * r) * d * d + (r + 1) * d + 6 * d * (c + 1) + 2 * d
@@ -214,7 +225,16 @@ def estimate_peak_bytes(
       (``fed_rows``, ``head_rows``), L where unknown.
 
     Attention scores are not counted (fused kernels do not materialise them).
+
+    An ``hf:`` model (:class:`~harness.model.hf.config.HFModelConfig`): its weights take
+    :func:`~harness.model.hf.cost.weights_in_memory` (parameters × bytes of ``hf.dtype``, else
+    the files' size); its forward computes float32-sized logits for every fed row (H = F); the
+    hidden-state term needs ``hidden_size`` and is left out where config.json gives none.
     """
+    if isinstance(model_cfg, HFModelConfig):
+        return _hf_peak_bytes(
+            model_cfg, cache_kind, batch_size, seq_len, dtype_bytes, weights, fed_rows
+        )
     d, v = model_cfg.hidden_size, model_cfg.vocab_size
     b, L = batch_size, seq_len
     fed = L if fed_rows is None else fed_rows
@@ -223,6 +243,26 @@ def estimate_peak_bytes(
     if cache_kind is not None:
         total += cache_bytes(model_cfg, cache_kind, b, L, dtype_bytes, with_mask=True)
     return total + float(b * (fed * ACTIVATION_WIDTH * d * dtype_bytes + head * 4 * v))
+
+
+def _hf_peak_bytes(
+    cfg: HFModelConfig,
+    cache_kind: str | None,
+    batch_size: int,
+    seq_len: int,
+    dtype_bytes: int,
+    weights: bool,
+    fed_rows: int | None,
+) -> float:
+    """:func:`estimate_peak_bytes` of an ``hf:`` model (see there)."""
+    b, L = batch_size, seq_len
+    fed = L if fed_rows is None else fed_rows
+    total = weights_in_memory(cfg) if weights else 0.0
+    if cache_kind is not None:
+        cache = cache_bytes(cfg, cache_kind, b, L, dtype_bytes, with_mask=True)
+        total += 0.0 if math.isnan(cache) else cache
+    hidden = 0 if cfg.hidden_size is None else fed * ACTIVATION_WIDTH * cfg.hidden_size
+    return total + float(b * (hidden * dtype_bytes + fed * 4 * cfg.vocab_size))
 
 
 def _meminfo_available() -> float:

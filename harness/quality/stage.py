@@ -1,7 +1,8 @@
 """The quality stage: score the samples a run saved, once, outside any timed region.
 
 ``dlmbench quality RUN --evaluator SPEC`` reads ``samples/<cell_id>.pt`` of every finished
-full-mode cell, decodes the ids with the model's tokenizer, scores them with the evaluator under a
+full-mode cell, decodes the ids with the model's tokenizer (an ``hf:`` model's own
+``AutoTokenizer``, :func:`decode_samples`), scores them with the evaluator under a
 named Gen PPL protocol, computes unigram entropy (and MAUVE against held-out text if asked), and
 writes one shard per (cell, evaluator): ``quality/<cell_id>__<evaluator>.parquet`` (atomic).
 :func:`harness.results.load_results` joins these shards onto the cell rows.
@@ -19,6 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from harness.model import modelspec
 from harness.quality.evaluators import decode_ids, load_evaluator, load_text_tokenizer
 from harness.quality.metrics import PROTOCOLS, entropy_summary, generative_perplexity, mauve_score
 from harness.results import (
@@ -75,7 +77,7 @@ def score_cell(
     mask_id = cfg["mask_index"] if cfg.get("mask_index") is not None else cfg["vocab_size"] - 1
     if bool((tokens == mask_id).any()):
         return {**out, "quality_status": "skipped: samples still hold mask tokens"}
-    texts = decode_ids(load_text_tokenizer(tok_path), tokens, skip=set())
+    texts = decode_samples(row.get("checkpoint_source"), cfg, tok_path, tokens)
     out.update(
         generative_perplexity(
             texts, evaluator, PROTOCOLS[protocol_name], max_length=int(row["seq_len"])
@@ -87,6 +89,23 @@ def score_cell(
         out.update(mauve_score(reference_features, q))
     out["quality_status"] = "ok"
     return out
+
+
+def decode_samples(
+    source: str | None, cfg: dict[str, Any], tok_path: Path, tokens: torch.Tensor
+) -> list[str]:
+    """(b, L) ids → texts with the model's own tokenizer, special tokens kept.
+
+    An ``hf:`` checkpoint's ids decode with its ``AutoTokenizer``
+    (:func:`harness.model.hf.tokenizer.text_tokenizer`, from the directory and the options the
+    cell recorded); any other with the ``tokenizer.json`` its config names.
+    """
+    if isinstance(source, str) and modelspec.is_hf(source):
+        from harness.model.hf.tokenizer import text_tokenizer
+
+        tok = text_tokenizer(modelspec.hf_config(source, cfg["spec"]["options"]))
+        return decode_ids(tok.hf, tokens, skip=set())
+    return decode_ids(load_text_tokenizer(tok_path), tokens, skip=set())
 
 
 def read_samples(run_dir: Path, row: pd.Series) -> torch.Tensor | str:

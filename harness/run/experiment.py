@@ -61,6 +61,7 @@ from dlmcore.yamlio import load_yaml_file
 from harness.measure.contention import TrustThresholds
 from harness.model import modelspec
 from harness.model.config import DiTConfig
+from harness.model.hf.config import HFModelConfig
 from samplers.base import SAMPLERS, SamplerError, check_family
 
 UNHASHED_TIMING = ("max_other_cores", "max_cv", "min_trusted_repeats", "contention", "max_wait_s")
@@ -86,26 +87,58 @@ class CheckpointSpec:
     """Where a model comes from.
 
     Attributes:
-        path: a checkpoint directory or file, or ``random:<size>`` for seeded random weights
-            (family taken from the sampler using it).
+        path: a checkpoint directory or file, ``random:<size>`` for seeded random weights
+            (family taken from the sampler using it), or ``hf:<local directory>`` for a Hugging
+            Face diffusion LM behind an adapter (``docs/hf.md``; family from the adapter).
         vocab_size: V including the mask token; required for ``random:`` specs, not allowed for
             paths (read from the checkpoint).
         init_seed: weight seed of ``random:`` specs.
         model: extra :class:`DiTConfig` fields for ``random:`` specs (e.g. ``bos_index``).
+        hf: the options of an ``hf:`` spec, ``HFOptions`` field for field
+            (``trust_remote_code``, ``mask_id``, ``dtype``, ``chat_template``, ``hub_id``, ...);
+            only for ``hf:`` paths.
     """
 
     path: str
     vocab_size: int | None = None
     init_seed: int = 0
     model: dict[str, Any] = field(default_factory=dict)
+    hf: dict[str, Any] = field(default_factory=dict)
 
     @property
     def is_random(self) -> bool:
         """Whether this is a ``random:<size>`` spec."""
         return modelspec.is_random(self.path)
 
+    @property
+    def is_hf(self) -> bool:
+        """Whether this is an ``hf:<local directory>`` spec."""
+        return modelspec.is_hf(self.path)
+
     def problems(self) -> list[str]:
         """Missing paths, unknown sizes, misplaced or invalid fields."""
+        if self.is_hf:
+            return self._hf_problems()
+        out = []
+        if self.hf:
+            out.append(
+                f"'hf' options apply to hf: specs only; '{key_text(self.path, 240)}' is not one. "
+                "Remove 'hf', or write path: 'hf:<local directory>' for a Hugging Face model."
+            )
+        return out + self._path_problems()
+
+    def _hf_problems(self) -> list[str]:
+        """The ``hf:`` spec's options and directory (torch-free), and misplaced fields."""
+        out = []
+        if self.vocab_size is not None or self.model:
+            out.append(
+                "'vocab_size'/'model' apply to random: specs only; "
+                f"'{key_text(self.path, 240)}' is an hf: spec (its config.json defines them). "
+                "Remove them, and put adapter options under 'hf'."
+            )
+        return out + modelspec.hf_problems(self.path, self.hf)
+
+    def _path_problems(self) -> list[str]:
         if not self.is_random:
             out = []
             if not _exists(self.path):
@@ -1007,7 +1040,7 @@ class Cell:
     config: Any
     checkpoint: str
     ckpt: CheckpointSpec
-    model_cfg: DiTConfig
+    model_cfg: DiTConfig | HFModelConfig
     seq_len: int
     batch_size: int
     seed: int
@@ -1152,15 +1185,21 @@ def grid_size(exp: Experiment) -> int:
     return combos * per_combo
 
 
-def _model_config(spec: CheckpointSpec, family: str) -> DiTConfig:
+def _model_config(spec: CheckpointSpec, family: str) -> DiTConfig | HFModelConfig:
+    """The model config of ``spec``; an ``hf:`` spec's family is its adapter's."""
     if spec.is_random:
         size = spec.path[len(modelspec.RANDOM_PREFIX) :]
         return modelspec.random_config(size, family, spec.vocab_size or 0, spec.model)
-    return modelspec.peek_config(spec.path)
+    return modelspec.peek_config(spec.path, spec.hf if spec.is_hf else None)
 
 
 def _entry_problems(
-    cls: type, cfg: Any, label: str, model_cfg: DiTConfig, ckpt_name: str, seq_lens: Sequence[int]
+    cls: type,
+    cfg: Any,
+    label: str,
+    model_cfg: DiTConfig | HFModelConfig,
+    ckpt_name: str,
+    seq_lens: Sequence[int],
 ) -> list[str]:
     """Family match and L divisible by the block size, for one built sampler config."""
     out = []
@@ -1177,7 +1216,19 @@ def _entry_problems(
                 f"'{key_text(label)}': seq_len {L} is not divisible by block_size {block}; use "
                 f"seq_lens that are multiples of {block}, or another block_size."
             )
-    return out
+    return out + _hf_length_problems(label, model_cfg, seq_lens)
+
+
+def _hf_length_problems(label: str, model_cfg: Any, seq_lens: Sequence[int]) -> list[str]:
+    """An ``hf:`` model takes at most its ``model_length`` positions (no rotary extrapolation)."""
+    limit = model_cfg.model_length if isinstance(model_cfg, HFModelConfig) else None
+    return [
+        f"'{key_text(label)}': seq_len {L} exceeds the {limit} positions of "
+        f"'{model_cfg.spec.source}' (config.json max_position_embeddings); use seq_lens <= "
+        f"{limit}."
+        for L in seq_lens
+        if limit is not None and L > limit
+    ]
 
 
 def expand_cells(exp: Experiment) -> tuple[list[Cell], list[str]]:
@@ -1197,7 +1248,7 @@ def expand_cells(exp: Experiment) -> tuple[list[Cell], list[str]]:
             "shorten seq_lens, batch_sizes, seeds or the params lists)."
         )
     cells: list[Cell] = []
-    model_cfgs: dict[tuple[str, str], DiTConfig] = {}
+    model_cfgs: dict[tuple[str, str], DiTConfig | HFModelConfig] = {}
     for spec in [s for s in exp.samplers or () if s is not None]:
         more, built = _expand_entry(exp, spec, model_cfgs, start=len(cells), build=build)
         problems += more
@@ -1208,7 +1259,7 @@ def expand_cells(exp: Experiment) -> tuple[list[Cell], list[str]]:
 def _expand_entry(
     exp: Experiment,
     spec: SamplerSpec,
-    model_cfgs: dict[tuple[str, str], DiTConfig],
+    model_cfgs: dict[tuple[str, str], DiTConfig | HFModelConfig],
     start: int,
     build: bool,
 ) -> tuple[list[str], list[Cell]]:
@@ -1260,7 +1311,7 @@ def _cells_of(
     cfg: Any,
     ckpt_name: str,
     ckpt: CheckpointSpec,
-    model_cfg: DiTConfig,
+    model_cfg: DiTConfig | HFModelConfig,
     start: int,
 ) -> list[Cell]:
     if not (

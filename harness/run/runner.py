@@ -38,6 +38,8 @@ from dlmcore.configio import to_dict
 from harness import results
 from harness.measure import contention, costmodel, energy, envinfo, memory
 from harness.model import modelspec
+from harness.model.hf import cost as hf_cost
+from harness.model.hf.config import HFModelConfig
 from harness.run import taskcell, timing
 from harness.run.experiment import Cell, Experiment, run_id_for
 from harness.run.experiment import stable_hash as _hash
@@ -323,18 +325,14 @@ def task_work_columns(
         ),
         "token_forwards": per_example([r.token_forwards for r in answers]),
     }
-    dtype_bytes = DTYPES[cell.dtype][1]
-    costs = [
-        costmodel.sample_cost(cell.model_cfg, r.calls, b.size, dtype_bytes)
+    priced = [
+        analytic_cost(cell, r.calls, b.size, peaks, model)
         for b, r in zip(batches, answers, strict=True)
     ]
+    costs = [c for c, _ in priced]
     flops = sum(c["flops_analytic"] for c in costs)
-    predicted = math.nan
-    if peaks is not None:
-        predicted = sum(
-            costmodel.predict_for_run(cell.model_cfg, r.calls, b.size, peaks, dtype_bytes, model)
-            for b, r in zip(batches, answers, strict=True)
-        )
+    predicted = sum(p for _, p in priced) if peaks is not None else math.nan
+    out.update(hf_labels(cell))
     out.update(
         flops_analytic=flops,
         bytes_analytic=sum(c["bytes_analytic"] for c in costs),
@@ -576,15 +574,10 @@ def work_columns(
 ) -> dict[str, Any]:
     """NFE and token counters from the sample; FLOPs, bytes and the roofline prediction."""
     info, nfe = result.info or {}, result.nfe_total
-    dtype_bytes = DTYPES[cell.dtype][1]
-    cost = costmodel.sample_cost(cell.model_cfg, result.calls, cell.batch_size, dtype_bytes)
-    predicted = math.nan
-    if peaks is not None:
-        predicted = costmodel.predict_for_run(
-            cell.model_cfg, result.calls, cell.batch_size, peaks, dtype_bytes, model
-        )
+    cost, predicted = analytic_cost(cell, result.calls, cell.batch_size, peaks, model)
     flops = cost["flops_analytic"]
     return {
+        **hf_labels(cell),
         "nfe_denoise": result.nfe_denoise,
         "nfe_total": nfe,
         "nfe_expected": float(info.get("nfe_expected", math.nan)),
@@ -599,6 +592,37 @@ def work_columns(
         "mfu": flops / wall / peaks.flops_per_s if peaks else math.nan,
         "predicted_s": predicted,
         "predicted_ratio": wall / predicted if predicted and predicted > 0 else math.nan,
+    }
+
+
+def analytic_cost(
+    cell: Cell, calls: Any, batch_size: int, peaks: costmodel.Peaks | None, model: Any
+) -> tuple[dict[str, float], float]:
+    """``(sample_cost columns, predicted seconds)`` of one execute with ``calls``.
+
+    DiT models: the cost model's analytic work and prediction (NaN without ``peaks``). ``hf:``
+    models: :func:`harness.model.hf.cost.sample_cost` (2 FLOPs per parameter per token-forward
+    plus attention; NaN bytes) and no prediction (NaN): the cost model is calibrated on DiTs.
+    """
+    if isinstance(cell.model_cfg, HFModelConfig):
+        return hf_cost.sample_cost(cell.model_cfg, calls, batch_size), math.nan
+    dtype_bytes = DTYPES[cell.dtype][1]
+    cost = costmodel.sample_cost(cell.model_cfg, calls, batch_size, dtype_bytes)
+    if peaks is None:
+        return cost, math.nan
+    predicted = costmodel.predict_for_run(
+        cell.model_cfg, calls, batch_size, peaks, dtype_bytes, model
+    )
+    return cost, predicted
+
+
+def hf_labels(cell: Cell) -> dict[str, Any]:
+    """For ``hf:`` models: how the FLOPs were counted, and the dtype the weights are held in."""
+    if not isinstance(cell.model_cfg, HFModelConfig):
+        return {}
+    return {
+        "flops_method": hf_cost.FLOPS_METHOD,
+        "weights_dtype": cell.model_cfg.spec.options.dtype,
     }
 
 
@@ -714,6 +738,8 @@ def estimate(
     for c in cells:
         sampler = SAMPLERS.build(c.sampler, c.config)
         try:
+            if isinstance(c.model_cfg, HFModelConfig):
+                raise ValueError("the cost model predicts DiT networks only, not hf: models")
             calls = sampler.expected_calls(c.model_cfg, batch_size=c.batch_size, seq_len=c.seq_len)
             pred = costmodel.predict_seconds(c.model_cfg, calls, c.batch_size, peaks, dtype_bytes)
         except (NotImplementedError, ValueError) as e:

@@ -5,15 +5,18 @@ one task × level with its sampler. This module does the untimed parts; the runn
 times (:func:`harness.run.runner.measure_task_cell`):
 
 1. :func:`load_examples` — the cell's examples (built-in generator or the task file).
-2. :func:`prompt_batches` — each prompt tokenised as ``[BOS] prompt`` (the layout the task
-   models are trained on, ``docs/training-tasks.md``), prompts of equal token length grouped
-   (a sampler call takes one prompt length P, ``samplers/base.py``), each group cut into batches
-   of at most ``cell.batch_size`` rows. The canvas of a batch is P + G tokens, G = ``seq_len``
-   (the generation length).
+2. :func:`prompt_batches` — each prompt tokenised as ``[BOS] prompt`` with the model's own
+   tokenizer (:func:`load_tokenizer`; the layout the task models are trained on,
+   ``docs/training-tasks.md``; an ``hf:`` model gets BOS only if its tokenizer adds one, and its
+   chat template with ``hf.chat_template``), prompts of equal token length grouped (a sampler
+   call takes one prompt length P, ``samplers/base.py``), each group cut into batches of at most
+   ``cell.batch_size`` rows. The canvas of a batch is P + G tokens, G = ``seq_len`` (the
+   generation length).
 3. :func:`check_answers` — every returned canvas keeps its prompt and has no mask left.
-4. :func:`score_batches` — the generated ids [P, P + G) decoded, cut at the first end marker
-   (:func:`harness.tasks.scoring.predict_answer`), compared with the reference by the task's
-   scorer; accuracy with a percentile-bootstrap CI.
+4. :func:`score_batches` — the generated ids [P, P + G) decoded with the same tokenizer, cut at
+   the first end marker (:func:`harness.tasks.scoring.predict_answer`; an ``hf:`` tokenizer adds
+   its EOS text), compared with the reference by the task's scorer; accuracy with a
+   percentile-bootstrap CI. Each answer record keeps the canvas's prompt ids and generated ids.
 
 Parallelism: ``tokens_per_forward`` = G / (denoising calls per sequence), averaged over the
 examples — the tokens committed per network call, the x-axis of accuracy under parallelism.
@@ -49,7 +52,7 @@ class PromptBatch:
 
     Attributes:
         examples: the batch's examples, in order.
-        prompt: (b, P) int64 ids, ``[BOS] prompt`` per row.
+        prompt: (b, P) int64 ids, ``[BOS] prompt`` per row (no BOS where the tokenizer has none).
     """
 
     examples: list[Example]
@@ -83,12 +86,20 @@ def load_examples(cell: Cell) -> list[Example]:
 def load_tokenizer(cell: Cell) -> Any:
     """The model's text tokenizer (``tokenizer`` in its config, as the quality stage finds it).
 
+    ``hf:`` models: their own ``AutoTokenizer`` (:func:`harness.model.hf.tokenizer.text_tokenizer`).
+
     Raises:
         TaskCellError: the model names no tokenizer file, or it is not found.
+        HFModelError: an ``hf:`` model's directory holds no loadable tokenizer.
     """
+    from harness.model.hf.config import HFModelConfig
     from harness.quality.stage import resolve_tokenizer
     from harness.train.tokenizer import TextTokenizer
 
+    if isinstance(cell.model_cfg, HFModelConfig):
+        from harness.model.hf.tokenizer import text_tokenizer
+
+        return text_tokenizer(cell.model_cfg)
     name = cell.model_cfg.tokenizer
     path = resolve_tokenizer(name, cell.ckpt.path)
     if path is None:
@@ -101,10 +112,14 @@ def load_tokenizer(cell: Cell) -> Any:
 
 
 def prompt_batches(examples: list[Example], tokenizer: Any, batch_size: int) -> list[PromptBatch]:
-    """Group ``[BOS] prompt`` ids by length (ascending), then cut groups into ≤ b rows."""
+    """Group ``[BOS] prompt`` ids by length (ascending), then cut groups into ≤ b rows.
+
+    No BOS is put where ``tokenizer.bos_id`` is ``None`` (an ``hf:`` tokenizer that adds none).
+    """
     groups: dict[int, list[tuple[Example, list[int]]]] = {}
+    bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
     for ex in examples:
-        ids = [tokenizer.bos_id, *tokenizer.encode(ex.prompt)]
+        ids = [*bos, *tokenizer.encode(ex.prompt)]
         groups.setdefault(len(ids), []).append((ex, ids))
     out = []
     for P in sorted(groups):
@@ -117,10 +132,30 @@ def prompt_batches(examples: list[Example], tokenizer: Any, batch_size: int) -> 
 
 
 def canvas_problems(batches: list[PromptBatch], cell: Cell) -> list[str]:
-    """Why a canvas cannot hold some batch: the model's mask id inside a prompt, or too long."""
+    """Why a canvas cannot hold some batch: too long for the model, or an empty prompt.
+
+    A DiT's rotary positions stretch to 4× its training length; an ``hf:`` model takes at most
+    its ``model_length`` positions (none checked where config.json gives none).
+    """
+    from harness.model.hf.config import HFModelConfig
+
     out = []
     longest = max((b.prompt_len for b in batches), default=0)
-    if longest + cell.seq_len > 4 * cell.model_cfg.model_length:
+    shortest = min((b.prompt_len for b in batches), default=1)
+    if shortest == 0:
+        out.append(
+            "a prompt tokenises to no ids and the tokenizer adds no BOS; give every example a "
+            "non-empty prompt."
+        )
+    if isinstance(cell.model_cfg, HFModelConfig):
+        limit = cell.model_cfg.model_length
+        if limit is not None and longest + cell.seq_len > limit:
+            out.append(
+                f"the longest prompt ({longest} tokens) plus the generation length "
+                f"{cell.seq_len} exceeds the {limit} positions of '{cell.ckpt.path}'; shorten "
+                "seq_lens or the prompts."
+            )
+    elif longest + cell.seq_len > 4 * cell.model_cfg.model_length:
         out.append(
             f"the longest prompt ({longest} tokens) plus the generation length {cell.seq_len} "
             f"exceeds 4× the model's length {cell.model_cfg.model_length}; shorten seq_lens."
@@ -143,10 +178,11 @@ def check_answers(batch: PromptBatch, result: SampleResult, cell: Cell) -> str |
 
 def predictions(batch: PromptBatch, result: SampleResult, tokenizer: Any) -> list[str]:
     """The decoded answer of each row: generated ids cut at the first end marker."""
-    from harness.tasks.scoring import predict_answer
+    from harness.tasks.scoring import END_MARKERS, predict_answer
 
     gen = result.tokens[:, batch.prompt_len :].cpu()
-    return [predict_answer(tokenizer.decode(row.tolist())) for row in gen]
+    stops = getattr(tokenizer, "stops", END_MARKERS)  # an hf: tokenizer adds its EOS text
+    return [predict_answer(tokenizer.decode(row.tolist()), stops=stops) for row in gen]
 
 
 def score_batches(
@@ -157,7 +193,9 @@ def score_batches(
 
     records: list[dict[str, Any]] = []
     for batch, res in zip(batches, results, strict=True):
-        for ex, pred in zip(batch.examples, predictions(batch, res, tokenizer), strict=True):
+        tokens = res.tokens.cpu()
+        preds = predictions(batch, res, tokenizer)
+        for ex, pred, row in zip(batch.examples, preds, tokens, strict=True):
             ok = bool(scoring.score(ex.task, pred, ex.answer))
             records.append(
                 {
@@ -167,6 +205,8 @@ def score_batches(
                     "prediction": pred,
                     "correct": ok,
                     "prompt_tokens": batch.prompt_len,
+                    "prompt_ids": row[: batch.prompt_len].tolist(),
+                    "gen_ids": row[batch.prompt_len :].tolist(),
                 }  # fmt: skip
             )
     correct = [r["correct"] for r in records]

@@ -13,6 +13,8 @@ protocol (``harness/model/protocol.py``):
   causal encoder cache plus a bidirectional canvas decoder: family ``uniform_block``.
 
 Modules: :mod:`.spec` (options, directory checks; torch-free), :mod:`.config` (the model config
-samplers read, from the JSON files alone; torch-free), :mod:`.adapters` (the torch modules) and
-:mod:`.load` (``from_pretrained`` with ``local_files_only=True``). Nothing here downloads.
+samplers read, from the JSON files alone; torch-free), :mod:`.adapters` (the torch modules),
+:mod:`.load` (``from_pretrained`` with ``local_files_only=True``), :mod:`.tokenizer` (the model's
+own ``AutoTokenizer`` for prompts and decoding) and :mod:`.cost` (the runner's FLOPs and weight
+bytes for these models; torch-free). Nothing here downloads.
 """

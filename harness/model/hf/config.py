@@ -18,6 +18,8 @@ adapter carries. Where each field comes from:
 
 from __future__ import annotations
 
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any
 from dlmcore.configio import ConfigError
 from dlmcore.errors import short_repr
 from harness.model.hf.spec import (
+    CHAT_TEMPLATE_FILES,
     FOUR_D_MASK_MODEL_TYPES,
     SHIFTED_MODEL_TYPES,
     WEIGHT_FILES,
@@ -37,6 +40,9 @@ from harness.model.hf.spec import (
     read_json,
     resolve_kind,
 )
+
+MAX_HEADER_BYTES = 100_000_000
+"""Largest safetensors header :func:`parameter_count` reads (the format's own limit)."""
 
 FAMILY_OF_KIND = {"masked_lm": "mdlm", "remote_code": "mdlm", "diffusion_gemma": "uniform_block"}
 """Sampler family of each adapter kind (``uniform_block``: no mask token, block canvas)."""
@@ -65,6 +71,8 @@ class HFModelConfig:
         weight_bytes: bytes of the weight files ``from_pretrained`` reads (safetensors preferred),
             for memory estimates before loading.
         spec: the parsed spec (directory and options) the loader uses.
+        n_params: parameters stored in the safetensors files (from their headers, no weights
+            read; tied weights are stored once), or ``None`` for ``.bin`` checkpoints.
     """
 
     family: str
@@ -84,6 +92,7 @@ class HFModelConfig:
     tokenizer: str | None
     weight_bytes: int
     spec: HFSpec
+    n_params: int | None = None
 
     @property
     def mask_id(self) -> int | None:
@@ -148,6 +157,12 @@ def collect_config(spec: HFSpec) -> tuple[HFModelConfig | None, list[str]]:
             f"'{spec.source}': mask id {mask} lies outside the vocabulary [0, {vocab - 1}]. "
             "Fix hf.mask_id."
         )
+    if spec.options.chat_template and not has_chat_template(root, tok):
+        out.append(
+            f"'{spec.source}': chat_template is true but the directory holds no chat template "
+            f"({' / '.join(CHAT_TEMPLATE_FILES)}, or 'chat_template' in tokenizer_config.json). "
+            "Set chat_template: false, or use the model's chat/instruct release."
+        )
     if out:
         return None, out
     model_type = str(doc.get("model_type", "unknown"))
@@ -176,9 +191,17 @@ def collect_config(spec: HFSpec) -> tuple[HFModelConfig | None, list[str]]:
             tokenizer=str(root) if tok.present else None,
             weight_bytes=weight_bytes(root),
             spec=spec,
+            n_params=parameter_count(root),
         ),
         [],
     )
+
+
+def has_chat_template(root: Path, tok: TokenizerFiles) -> bool:
+    """Whether the tokenizer in ``root`` carries a chat template (file or config entry)."""
+    if any((root / f).is_file() for f in CHAT_TEMPLATE_FILES):
+        return True
+    return bool((tok.docs.get("tokenizer_config.json") or {}).get("chat_template"))
 
 
 def weight_bytes(root: Path) -> int:
@@ -191,6 +214,48 @@ def weight_bytes(root: Path) -> int:
         if (root / single).is_file():
             return (root / single).stat().st_size
     return 0
+
+
+def parameter_count(root: Path) -> int | None:
+    """Parameters in the safetensors weights of ``root``, from the file headers alone.
+
+    A safetensors file starts with an 8-byte little-endian header length and a JSON header
+    mapping each tensor to its ``shape``; nothing past the header is read. ``None`` when the
+    weights are ``.bin`` files or a header cannot be read.
+    """
+    index = root / WEIGHT_INDEXES[0]
+    if index.is_file():
+        wmap = read_json(index).get("weight_map", {})
+        files = sorted({str(v) for v in wmap.values()}) if isinstance(wmap, Mapping) else []
+    elif (root / WEIGHT_FILES[0]).is_file():
+        files = [WEIGHT_FILES[0]]
+    else:
+        return None
+    total = 0
+    for name in files:
+        shapes = _safetensors_shapes(root / name)
+        if shapes is None:
+            return None
+        total += sum(math.prod(s) for s in shapes)
+    return total
+
+
+def _safetensors_shapes(path: Path) -> list[list[int]] | None:
+    """The tensor shapes a safetensors header lists, or ``None`` if it cannot be read."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n <= MAX_HEADER_BYTES:
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, ValueError):
+        return None
+    shapes = [
+        v.get("shape") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)
+    ]
+    if not all(isinstance(s, list) and all(isinstance(x, int) for x in s) for s in shapes):
+        return None
+    return shapes
 
 
 def _first_int(doc: Mapping[str, Any], *keys: str) -> int | None:

@@ -44,6 +44,8 @@ AUTO_CLASSES = ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 WEIGHT_INDEXES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+"""Where transformers saves a tokenizer's chat template (else ``tokenizer_config.json``)."""
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -74,6 +76,10 @@ class HFOptions:
         attn_implementation: transformers' attention backend; ``null`` = its default.
         hub_id: the Hub id the directory was downloaded from (provenance and the download hint
             in error messages only; nothing is downloaded).
+        chat_template: prompted runs (task cells) wrap each prompt in the tokenizer's chat
+            template as one user turn with the generation prompt
+            (``apply_chat_template([{"role": "user", "content": prompt}],
+            add_generation_prompt=True)``); the directory must hold a template.
     """
 
     kind: Literal["auto", "masked_lm", "remote_code", "diffusion_gemma"] = "auto"
@@ -86,6 +92,7 @@ class HFOptions:
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     hub_id: str | None = None
+    chat_template: bool = False
 
     def problems(self) -> list[str]:
         """Every invalid value, as sentences."""
