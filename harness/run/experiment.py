@@ -1287,7 +1287,9 @@ def _expand_entry(
         problems += more
         if more or cfg is None or model_cfg is None:
             continue
-        problems += _entry_problems(cls, cfg, spec.label, model_cfg, ckpt_name, exp.seq_lens or ())
+        # with tasks, seq_lens are generation lengths: the runner fills the last block itself
+        lengths = () if exp.tasks is not None and exp.tasks.enabled else exp.seq_lens or ()
+        problems += _entry_problems(cls, cfg, spec.label, model_cfg, ckpt_name, lengths)
         if build:
             cells += _cells_of(exp, spec, cfg, ckpt_name, ckpt, model_cfg, start=start + len(cells))
     return list(dict.fromkeys(problems)), cells

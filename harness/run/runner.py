@@ -238,7 +238,7 @@ def time_task_cell(
             sampler.plan(
                 model,
                 batch_size=b.size,
-                seq_len=b.prompt_len + cell.seq_len,
+                seq_len=b.prompt_len + b.gen_len,
                 generator=gen,
                 prompt=b.prompt.to(cell.device),
             )
@@ -268,7 +268,13 @@ def measure_task_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     """
     model, prov = ctx.models.get(cell)
     tokenizer = taskcell.load_tokenizer(cell)
-    batches = taskcell.prompt_batches(taskcell.load_examples(cell), tokenizer, cell.batch_size)
+    batches = taskcell.prompt_batches(
+        taskcell.load_examples(cell),
+        tokenizer,
+        cell.batch_size,
+        gen=cell.seq_len,
+        block=taskcell.block_size(cell),
+    )
     problems = taskcell.canvas_problems(batches, cell)
     if problems:
         raise taskcell.TaskCellError("; ".join(problems))

@@ -10,15 +10,16 @@ times (:func:`harness.run.runner.measure_task_cell`):
    ``docs/training-tasks.md``; an ``hf:`` model gets BOS only if its tokenizer adds one, and its
    chat template with ``hf.chat_template``), prompts of equal token length grouped (a sampler
    call takes one prompt length P, ``samplers/base.py``), each group cut into batches of at most
-   ``cell.batch_size`` rows. The canvas of a batch is P + G tokens, G = ``seq_len`` (the
-   generation length).
+   ``cell.batch_size`` rows. The canvas of a batch is P + G′ tokens: G′ = ``seq_len`` (the
+   generation length), rounded up for block samplers so that P + G′ fills whole blocks
+   (:func:`gen_len`).
 3. :func:`check_answers` — every returned canvas keeps its prompt and has no mask left.
 4. :func:`score_batches` — the generated ids [P, P + G) decoded with the same tokenizer, cut at
    the first end marker (:func:`harness.tasks.scoring.predict_answer`; an ``hf:`` tokenizer adds
    its EOS text), compared with the reference by the task's scorer; accuracy with a
    percentile-bootstrap CI. Each answer record keeps the canvas's prompt ids and generated ids.
 
-Parallelism: ``tokens_per_forward`` = G / (denoising calls per sequence), averaged over the
+Parallelism: ``tokens_per_forward`` = G′ / (denoising calls per sequence), averaged over the
 examples — the tokens committed per network call, the x-axis of accuracy under parallelism.
 """
 
@@ -53,10 +54,13 @@ class PromptBatch:
     Attributes:
         examples: the batch's examples, in order.
         prompt: (b, P) int64 ids, ``[BOS] prompt`` per row (no BOS where the tokenizer has none).
+        gen_len: G′, the generated positions after the prompt: the cell's generation length
+            rounded up so that P + G′ is a multiple of the sampler's block size (block samplers).
     """
 
     examples: list[Example]
     prompt: torch.Tensor
+    gen_len: int = 0
 
     @property
     def size(self) -> int:
@@ -111,10 +115,25 @@ def load_tokenizer(cell: Cell) -> Any:
     return TextTokenizer.from_file(path)
 
 
-def prompt_batches(examples: list[Example], tokenizer: Any, batch_size: int) -> list[PromptBatch]:
+def block_size(cell: Cell) -> int | None:
+    """The block size the canvas must be a multiple of (BD3-LM-style samplers), else None."""
+    if not hasattr(cell.config, "block_size"):
+        return None
+    return cell.config.block_size or getattr(cell.model_cfg, "block_size", None)
+
+
+def gen_len(prompt_len: int, gen: int, block: int | None) -> int:
+    """G′ ≥ ``gen`` such that ``prompt_len`` + G′ is a multiple of ``block`` (if any)."""
+    return gen + (-(prompt_len + gen) % block if block else 0)
+
+
+def prompt_batches(
+    examples: list[Example], tokenizer: Any, batch_size: int, gen: int = 0, block: int | None = None
+) -> list[PromptBatch]:
     """Group ``[BOS] prompt`` ids by length (ascending), then cut groups into ≤ b rows.
 
     No BOS is put where ``tokenizer.bos_id`` is ``None`` (an ``hf:`` tokenizer that adds none).
+    Each batch generates :func:`gen_len` ``(P, gen, block)`` positions.
     """
     groups: dict[int, list[tuple[Example, list[int]]]] = {}
     bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
@@ -127,7 +146,7 @@ def prompt_batches(examples: list[Example], tokenizer: Any, batch_size: int) -> 
         for i in range(0, len(rows), batch_size):
             chunk = rows[i : i + batch_size]
             ids = torch.tensor([r[1] for r in chunk], dtype=torch.long)
-            out.append(PromptBatch([r[0] for r in chunk], ids))
+            out.append(PromptBatch([r[0] for r in chunk], ids, gen_len(P, gen, block)))
     return out
 
 
@@ -166,7 +185,7 @@ def canvas_problems(batches: list[PromptBatch], cell: Cell) -> list[str]:
 def check_answers(batch: PromptBatch, result: SampleResult, cell: Cell) -> str | None:
     """Why ``result`` is not a complete answer to ``batch``, or None."""
     tok = result.tokens
-    want = (batch.size, batch.prompt_len + cell.seq_len)
+    want = (batch.size, batch.prompt_len + batch.gen_len)
     if tuple(tok.shape) != want:
         return f"tokens have shape {tuple(tok.shape)}; expected {want}"
     if not torch.equal(tok[:, : batch.prompt_len].cpu(), batch.prompt):
@@ -228,20 +247,20 @@ def parallelism_columns(
 ) -> dict[str, Any]:
     """Generated tokens, calls per sequence, tokens per forward and generated tokens/s."""
     rows = sum(b.size for b in batches)
-    G = cell.seq_len
+    gen_tokens = sum(b.size * b.gen_len for b in batches)
     nfe = [float(r.nfe_denoise) for r in results]
     per_row_nfe = sum(n * b.size for n, b in zip(nfe, batches, strict=True)) / rows
-    tpf = sum(G / n * b.size for n, b in zip(nfe, batches, strict=True) if n) / rows
+    tpf = sum(b.gen_len / n * b.size for n, b in zip(nfe, batches, strict=True) if n) / rows
     prompt_tokens = sum(b.size * b.prompt_len for b in batches)
     return {
-        "gen_len": G,
-        "gen_tokens": rows * G,
+        "gen_len": cell.seq_len,
+        "gen_tokens": gen_tokens,
         "prompt_tokens_mean": prompt_tokens / rows,
         "n_batches": len(batches),
         "nfe_denoise_mean": per_row_nfe,
         "nfe_total_sum": int(sum(r.nfe_total for r in results)),
         "tokens_per_forward": tpf if tpf else math.nan,
-        "gen_tokens_per_s": rows * G / wall_s if wall_s > 0 else math.nan,
+        "gen_tokens_per_s": gen_tokens / wall_s if wall_s > 0 else math.nan,
         "s_per_example": wall_s / rows,
     }
 
