@@ -140,6 +140,16 @@ def flops_per_pair(cfg: DiTConfig) -> int:
     return 4 * cfg.hidden_size * cfg.n_blocks
 
 
+def flops_conditioning(cfg: DiTConfig) -> int:
+    """AdaLN FLOPs of one row, 0 for AR: σ-map 256 → c → c, N blocks' c → 6d, final c → 2d.
+
+    Only the reference BD3-LM path pays them per call (bd3lms recomputes AdaLN at every call);
+    the other paths use the frozen σ = 0 vectors.
+    """
+    c, d = cfg.cond_dim, cfg.hidden_size
+    return 2 * (256 * c + c * c + cfg.n_blocks * c * 6 * d + c * 2 * d) if cfg.adaln else 0
+
+
 @dataclass(frozen=True)
 class CallCost:
     """Analytic FLOPs and bytes of one network call for the whole batch."""
@@ -198,8 +208,9 @@ def call_cost(cfg: DiTConfig, rec: CallRecord, batch_size: int, dtype_bytes: int
     shapes = linear_shapes(cfg)
     block_params = N * sum(k * n + (n if bias else 0) for k, n, bias in shapes)
     head_params = d * V + V if head > 0 else 0
+    cond = flops_conditioning(cfg) if q > fed else 0  # the reference path (call_mask "block")
     return CallCost(
-        flops_linear=float(b * fed * flops_per_token(cfg)),
+        flops_linear=float(b * fed * flops_per_token(cfg) + b * cond),
         flops_attention=float(b * q * keys * flops_per_pair(cfg)),
         flops_head=float(b * head * flops_per_head_row(cfg)),
         bytes_weights=float(s * (block_params + head_params + b * fed * d)),

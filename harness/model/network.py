@@ -15,7 +15,13 @@ Call paths (each has an uncached oracle, see ``tests/harness/test_network_cache.
   ``[start, start + n)`` and attends over rows ``[0, start + n)``; the new rows see every earlier
   row, and each other either bidirectionally (BD3-LM block) or causally (Eso-LM step, AR step).
 * :meth:`DiT.forward_cached_reference`: the kuleshov-group/bd3lms style QKV cache, which stores
-  un-rotated Q, K, V and re-attends with every cached position as a query (faithful timings).
+  un-rotated Q, K, V and re-attends with every cached position as a query, doing the reference
+  call's work (AdaLN per call, a per-layer clone, rotary over q, k, v of every row; faithful
+  timings).
+
+Every linear a call runs goes through :func:`skinny.linear`: on few rows it uses the product
+and the weight layout measured fastest for that shape on this machine (``skinny.py``);
+:meth:`DiT.freeze_conditioning` measures them, ``train()`` restores the row-major weights.
 
 Shapes: b = batch, n = tokens fed this call, L = cache length, V = vocabulary (mask included),
 d = hidden size, H = heads, d_h = head dim.
@@ -32,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.model import skinny
 from harness.model.config import (  # noqa: F401 -- FAMILIES, MODEL_SIZES re-exported
     FAMILIES,
     MODEL_SIZES,
@@ -53,9 +60,13 @@ class LayerNorm(nn.Module):
         self.dim = dim
 
     def forward(self, x: Tensor) -> Tensor:
-        """(…, d) → (…, d) in fp32."""
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.layer_norm(x.float(), (self.dim,)) * self.weight.float()
+        """(…, d) → (…, d) in fp32: one ``F.layer_norm`` on fp32 input and scale."""
+        w = self.weight
+        if x.dtype != torch.float32:
+            x = x.float()
+        if w.dtype != torch.float32:
+            w = w.float()
+        return F.layer_norm(x, (self.dim,), w)
 
 
 class TimestepEmbedder(nn.Module):
@@ -118,14 +129,13 @@ class Rotary(nn.Module):
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Apply rotary to x (b, n, H, d_h) with cos/sin broadcastable to it: x·cos + rot(x)·sin."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(…, d_h) → (…, d_h): [−x₂, x₁] of the two halves (GPT-NeoX rotary)."""
     half = x.shape[-1] // 2
-    x_rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos.to(x.dtype) + x_rot * sin.to(x.dtype)
-
-
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    """AdaLN modulation x·(1 + scale) + shift."""
-    return x * (1 + scale) + shift
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
 
 
 def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
@@ -136,6 +146,9 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> 
 
 AttnFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 """(layer index, q, k, v each (b, n, H, d_h) un-rotated) → attention output (b, n, H, d_h)."""
+
+LinearFn = Callable[[Tensor, nn.Linear], Tensor]
+"""(x (…, in), an ``nn.Linear``) → (…, out): :func:`skinny.linear` or :func:`skinny.plain`."""
 
 
 class DiTBlock(nn.Module):
@@ -157,26 +170,42 @@ class DiTBlock(nn.Module):
         )
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 6 * d) if cfg.adaln else None
         self.dropout = cfg.dropout
+        self._mlp = (self.mlp[0], self.mlp[2])  # a tuple: not registered twice
 
     def forward(
-        self, h: Tensor, mods: tuple[Tensor, ...] | None, layer: int, attn: AttnFn
+        self,
+        h: Tensor,
+        mods: tuple[Tensor, ...] | None,
+        layer: int,
+        attn: AttnFn,
+        linear: LinearFn = skinny.linear,
     ) -> Tensor:
-        """(b, n, d) → (b, n, d). ``mods`` = (shift₁, scale₁, gate₁, shift₂, scale₂, gate₂)."""
+        """(b, n, d) → (b, n, d). ``mods`` = (shift₁, 1 + scale₁, gate₁, shift₂, 1 + scale₂, gate₂).
+
+        LayerNorm runs in fp32 and its output is cast to the weights' dtype, so bf16 parameters
+        work without autocast; modulation and gated residuals are one ``addcmul`` each.
+        """
         b, n, d = h.shape
+        dtype = self.attn_qkv.weight.dtype
         a = self.norm1(h)
         if mods is not None:
-            a = modulate(a, mods[0], mods[1])
-        # LayerNorm runs in fp32; cast back so bf16 parameters work without autocast too.
-        a = a.to(self.attn_qkv.weight.dtype)
-        qkv = self.attn_qkv(a).view(b, n, 3, self.n_heads, self.head_dim)  # (b, n, 3, H, d_h)
+            a = torch.addcmul(mods[0], a, mods[1])
+        qkv = linear(a.to(dtype), self.attn_qkv).view(b, n, 3, self.n_heads, self.head_dim)
         o = attn(layer, qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]).reshape(b, n, d)
-        o = F.dropout(self.attn_out(o), self.dropout, self.training)
-        h = h + (o if mods is None else mods[2] * o)
+        o = self._drop(linear(o, self.attn_out))
+        h = h + o if mods is None else torch.addcmul(h, mods[2], o)
         a = self.norm2(h)
         if mods is not None:
-            a = modulate(a, mods[3], mods[4])
-        m = F.dropout(self.mlp(a.to(self.attn_qkv.weight.dtype)), self.dropout, self.training)
-        return h + (m if mods is None else mods[5] * m)
+            a = torch.addcmul(mods[3], a, mods[4])
+        up, down = self._mlp
+        m = self._drop(linear(F.gelu(linear(a.to(dtype), up), approximate="tanh"), down))
+        return h + m if mods is None else torch.addcmul(h, mods[5], m)
+
+    def _drop(self, x: Tensor) -> Tensor:
+        """Residual dropout in training; no call at all in eval."""
+        if self.training and self.dropout > 0:
+            return F.dropout(x, self.dropout, True)
+        return x
 
 
 class VocabEmbedding(nn.Module):
@@ -202,12 +231,14 @@ class FinalLayer(nn.Module):
         self.linear = nn.Linear(d, cfg.vocab_size)
         self.adaLN_modulation = nn.Linear(cfg.cond_dim, 2 * d) if cfg.adaln else None
 
-    def forward(self, h: Tensor, mods: tuple[Tensor, Tensor] | None) -> Tensor:
-        """(b, n, d) → (b, n, V) raw logits."""
+    def forward(
+        self, h: Tensor, mods: tuple[Tensor, Tensor] | None, linear: LinearFn = skinny.linear
+    ) -> Tensor:
+        """(b, n, d) → (b, n, V) raw logits. ``mods`` = (shift, 1 + scale)."""
         a = self.norm_final(h)
         if mods is not None:
-            a = modulate(a, mods[0], mods[1])
-        return self.linear(a.to(self.linear.weight.dtype))
+            a = torch.addcmul(mods[0], a, mods[1])
+        return linear(a.to(self.linear.weight.dtype), self.linear)
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +288,8 @@ class QKVCache:
     qkv: list[Tensor]
     block_size: int
     mask: Tensor
+    rope: tuple[int, Tensor, Tensor] | None = None
+    """(rows, cos, sin) of the last call, each (1, rows, 3, 1, d_h), rebuilt when rows change."""
 
     @property
     def batch_size(self) -> int:
@@ -297,9 +330,16 @@ def step_mask(start: int, n: int, device: torch.device) -> Tensor:
 
 @dataclass
 class _Frozen:
+    """AdaLN vectors, each (b or 1, 1, d): per block (shift, 1 + scale, gate) × 2, final two."""
+
     blocks: list[tuple[Tensor, ...]] = field(default_factory=list)
     final: tuple[Tensor, Tensor] | None = None
-    versions: tuple[int, ...] = ()  # in-place version counters of the parameters it read
+    params: list[Tensor] = field(default_factory=list)  # the parameters the vectors read
+    versions: list[int] = field(default_factory=list)  # their in-place version counters then
+
+    def current(self) -> bool:
+        """Whether no parameter it read was modified in place since (an EMA swap, p.copy_)."""
+        return [p._version for p in self.params] == self.versions
 
 
 class DiT(nn.Module):
@@ -320,6 +360,8 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(cfg) for _ in range(cfg.n_blocks)])
         self.output_layer = FinalLayer(cfg)
         self._frozen: _Frozen | None = None
+        # Linears of one shape share their measured skinny-row rule (harness.model.skinny).
+        skinny.group_linears(self._call_linears())
         self.reset_parameters()
 
     # ---- initialisation and conditioning ----------------------------------------------------
@@ -339,10 +381,10 @@ class DiT(nn.Module):
         self._frozen = None
 
     def _conditioning(self, sigma: Tensor | None, batch: int, device: torch.device) -> Tensor:
-        """c = SiLU(σ-embedding), (b or 1, c_dim); σ = 0 unless the family is time-conditioned."""
+        """c = SiLU(σ-embedding), (b, c_dim); σ = 0 (``batch`` rows) unless time-conditioned."""
         assert self.sigma_map is not None
         if sigma is None or not self.config.time_conditioning:
-            sigma = torch.zeros(1, device=device)
+            sigma = torch.zeros(batch, device=device)
         return F.silu(self.sigma_map(sigma))
 
     def _modulations(self, sigma: Tensor | None, device: torch.device) -> _Frozen | None:
@@ -350,62 +392,130 @@ class DiT(nn.Module):
         if not self.config.adaln:
             return None
         live = sigma is not None and self.config.time_conditioning
-        if self._frozen is not None and not live:
-            if self._frozen.versions == self._conditioning_versions():
-                return self._frozen
+        frozen = self._frozen
+        if frozen is not None and not live:
+            if frozen.current():
+                return frozen
             # Weights were changed in place (an EMA swap, p.copy_): the vectors are stale.
             return self.freeze_conditioning()._frozen
-        c = self._conditioning(sigma, 1, device)
-        out = _Frozen(versions=self._conditioning_versions())
+        return self._compute_modulations(sigma, 1, device)
+
+    def _compute_modulations(
+        self, sigma: Tensor | None, batch: int, device: torch.device
+    ) -> _Frozen:
+        """AdaLN vectors from the conditioning: per block 6, final 2, each (b, 1, d)."""
+        c = self._conditioning(sigma, batch, device)
+        out = _Frozen()
         for blk in self.blocks:
-            out.blocks.append(tuple(blk.adaLN_modulation(c)[:, None].chunk(6, dim=-1)))
-        out.final = tuple(self.output_layer.adaLN_modulation(c)[:, None].chunk(2, dim=-1))
+            s1, sc1, g1, s2, sc2, g2 = blk.adaLN_modulation(c)[:, None].chunk(6, dim=-1)
+            out.blocks.append((s1, 1 + sc1, g1, s2, 1 + sc2, g2))
+        shift, scale = self.output_layer.adaLN_modulation(c)[:, None].chunk(2, dim=-1)
+        out.final = (shift, 1 + scale)
         return out
+
+    def _call_linears(self) -> list[nn.Linear]:
+        """The linears every call runs: per block QKV, out, MLP up and down; the head."""
+        per_block = [(b.attn_qkv, b.attn_out, *b._mlp) for b in self.blocks]
+        return [m for group in per_block for m in group] + [self.output_layer.linear]
 
     def _conditioning_params(self) -> list[Tensor]:
         mods = [blk.adaLN_modulation for blk in self.blocks] + [self.output_layer.adaLN_modulation]
         return [*self.sigma_map.parameters(), *(p for m in mods for p in m.parameters())]
 
-    def _conditioning_versions(self) -> tuple[int, ...]:
-        return tuple(p._version for p in self._conditioning_params())
-
     def freeze_conditioning(self) -> DiT:
-        """Precompute the AdaLN vectors for σ = 0 (inference only).
+        """Precompute the AdaLN vectors for σ = 0 and measure the skinny-row rules (inference).
+
+        The rules (:mod:`harness.model.skinny`) are measured once per linear shape, device,
+        dtype and thread count in a process, here rather than inside the first cached call.
 
         Cleared by ``train()``, ``load_state_dict`` and ``.to()``; recomputed automatically when
         a parameter they depend on is modified in place (its version counter moves).
         """
         if self.config.adaln:
             with torch.no_grad():
-                self._frozen = None
-                self._frozen = self._modulations(None, self.vocab_embed.embedding.device)
+                frozen = self._compute_modulations(None, 1, self.vocab_embed.embedding.device)
+            frozen.params = self._conditioning_params()
+            frozen.versions = [p._version for p in frozen.params]
+            self._frozen = frozen
+        if skinny.current_mode() != "never":
+            self.prepare_linears(*self._design_rows())
+        return self
+
+    def _design_rows(self) -> tuple[int | None, int | None]:
+        """Rows a cached call of this family feeds through the blocks and through the head.
+
+        AR: 1 and 1; Eso-LM (B): 2 (the last committed token and the new mask, one-step lag)
+        and 1 (k = 1 in the sequential phase); BD3-LM: L′ and L′; MDLM: none (full forwards).
+        """
+        family, block = self.config.family, self.config.block_size
+        return {"ar": (1, 1), "esolm": (2, 1), "bd3lm": (block, block)}.get(family, (None, None))
+
+    def prepare_linears(self, block_rows: int | None, head_rows: int | None) -> DiT:
+        """Choose each linear's weight layout for these row counts and measure its product rule.
+
+        Measured once per shape, device, dtype and thread count in a process
+        (:mod:`harness.model.skinny`); a row count of ``None`` or above ``skinny.MAX_ROWS``
+        keeps the weights as they are. Same values, same parameter objects; ``train()``
+        restores the row-major layout.
+        """
+        with torch.no_grad():
+            skinny.prepare(self._call_linears()[:-1], block_rows)
+            skinny.prepare([self.output_layer.linear], head_rows)
         return self
 
     def train(self, mode: bool = True) -> DiT:  # type: ignore[override]
-        """Switch mode; leaving inference invalidates the frozen conditioning."""
+        """Switch mode; leaving inference drops the frozen conditioning and weight layouts."""
         if mode:
             self._frozen = None
+            skinny.set_layout(self._call_linears(), "rows")
         return super().train(mode)
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """As :meth:`nn.Module.state_dict`, with every tensor contiguous (row-major).
+
+        Whatever layout :meth:`prepare_linears` gave the weights: safetensors needs it.
+        """
+        out = super().state_dict(*args, **kwargs)
+        for k, v in out.items():
+            if isinstance(v, Tensor) and not isinstance(v, nn.Parameter) and not v.is_contiguous():
+                out[k] = v.contiguous()
+        return out
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         """As :meth:`nn.Module.load_state_dict`, then drop the frozen conditioning."""
         self._frozen = None
+        skinny.invalidate()  # assign=True may bring weights of another layout
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn: Callable[..., Any], recurse: bool = True) -> DiT:  # type: ignore[override]
         self._frozen = None
+        skinny.invalidate()  # another device or dtype: other rules
         return super()._apply(fn, recurse)
 
     # ---- shared pieces -----------------------------------------------------------------------
 
-    def _run(self, x: Tensor, mods: _Frozen | None, attn: AttnFn, rows: slice | None) -> Tensor:
+    def _run(
+        self,
+        x: Tensor,
+        mods: _Frozen | None,
+        attn: AttnFn,
+        rows: slice | None,
+        linear: LinearFn = skinny.linear,
+    ) -> Tensor:
         """Embed, run every block with ``attn``, and apply the head to ``rows`` (b, n', V)."""
-        h = self.vocab_embed(x)  # (b, n, d)
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, None if mods is None else mods.blocks[i], i, attn)
+        h = self._run_blocks(x, mods, attn, linear)
         if rows is not None:
             h = h[:, rows]
-        return self.output_layer(h, None if mods is None else mods.final)
+        return self.output_layer(h, None if mods is None else mods.final, linear)
+
+    def _run_blocks(
+        self, x: Tensor, mods: _Frozen | None, attn: AttnFn, linear: LinearFn = skinny.linear
+    ) -> Tensor:
+        """Embed and run every block: (b, n) → (b, n, d)."""
+        h = self.vocab_embed(x)  # (b, n, d)
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, None if mods is None else mods.blocks[i], i, attn, linear)
+        return h
 
     @staticmethod
     def _rows(logits: slice | int | None) -> slice | None:
@@ -568,7 +678,7 @@ class DiT(nn.Module):
 
         mods = self._modulations(None, x.device)
         if not return_logits:
-            self._run_blocks_only(x, mods, attn)
+            self._run_blocks(x, mods, attn)
             return None
         return self._run(x, mods, attn, self._rows(logits))
 
@@ -580,13 +690,21 @@ class DiT(nn.Module):
         start: int,
         return_logits: bool = True,
     ) -> Tensor | None:
-        """BD3-LM block call in the kuleshov-group/bd3lms cache style (faithful, not efficient).
+        """BD3-LM block call doing the work of kuleshov-group/bd3lms's cached call (faithful).
 
-        Per layer: write the fed block's un-rotated Q, K, V at rows ``[start, start + n)``, take
-        rows ``[0, start + n)``, rotate all of them, run attention with **every** row as a query
-        under the block-causal mask, and keep the last ``n`` rows. Attention costs
-        4·d·(start+n)² FLOPs per layer instead of 4·d·n·(start+n). Same outputs as
-        :meth:`forward_cached` with ``causal=False``.
+        What bd3lms's ``DIT.forward(sample_mode=True)`` does per call, and so this does:
+
+        * AdaLN recomputed: σ-map and every block's and the final modulation, for b rows;
+        * per layer: write the fed block's un-rotated (q, k, v) at cache rows ``[start, end)``,
+          **clone** rows ``[0, end)``, rotate q, k **and** v of every one of them (v by the
+          identity: cos 1, sin 0), attend with **every** row as a query, keep the last ``n``;
+        * plain ``F.linear`` products (no skinny-row dispatch).
+
+        bd3lms passes no attention mask (the kept rows, one last block, see every row); the
+        prebuilt block-causal mask is passed here, which leaves those rows unchanged, and is
+        required when ``x`` spans several blocks (the sliding-window re-encode from row 0).
+        Attention costs 4·d·(start+n)² FLOPs per layer instead of 4·d·n·(start+n). Same outputs
+        as :meth:`forward_cached` with ``causal=False``.
 
         Args:
             x: fed block (b, n); ``start`` must be a multiple of the cache's block size.
@@ -602,30 +720,38 @@ class DiT(nn.Module):
         if end > cache.length:
             raise ValueError(f"cache has {cache.length} rows; this call needs {end}")
         H, dh = self.config.n_heads, self.config.head_dim
-        cos, sin = self.rotary_emb.arange_tables(0, end, x.device)
+        _, cos, sin = self._reference_rope(cache, end, x.device)
         mask = cache.mask[:end, :end]
 
         def attn(layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
             buf = cache.qkv[layer]
-            buf[:, start:end] = torch.cat([q, k, v], dim=2).reshape(b, n, 3 * H * dh)
-            allqkv = buf[:, :end].view(b, end, 3, H, dh)  # (b, P+n, 3, H, d_h)
-            qa = rotate(allqkv[:, :, 0], cos, sin)
-            ka = rotate(allqkv[:, :, 1], cos, sin).transpose(1, 2)
-            va = allqkv[:, :, 2].transpose(1, 2)
-            return sdpa(qa, ka, va, mask, False)[:, start:end]
+            buf[:, start:end] = torch.stack([q, k, v], dim=2).view(b, n, 3 * H * dh)
+            allqkv = buf[:, :end].clone().view(b, end, 3, H, dh)  # the per-layer clone
+            allqkv = rotate(allqkv, cos, sin).transpose(1, 3)  # (b, H, 3, P+n, d_h)
+            qa, ka, va = allqkv[:, :, 0], allqkv[:, :, 1], allqkv[:, :, 2]
+            o = sdpa(qa.transpose(1, 2), ka, va, mask, False)  # every row re-attends
+            return o.reshape(b, end, H * dh)[:, start:].view(b, n, H, dh)  # (b, n, H, d_h)
 
-        mods = self._modulations(None, x.device)
+        mods = self._compute_modulations(None, b, x.device) if self.config.adaln else None
         if not return_logits:
-            self._run_blocks_only(x, mods, attn)
+            self._run_blocks(x, mods, attn, skinny.plain)
             return None
-        return self._run(x, mods, attn, None)
+        return self._run(x, mods, attn, None, skinny.plain)
 
-    def _run_blocks_only(self, x: Tensor, mods: _Frozen | None, attn: AttnFn) -> None:
-        """Blocks without the head: a store pass needs only the K/V it writes."""
-        h = self.vocab_embed(x)
-        # The last block's MLP output is never read; its attention still writes the cache.
-        for i, blk in enumerate(self.blocks):
-            h = blk(h, None if mods is None else mods.blocks[i], i, attn)
+    def _reference_rope(
+        self, cache: QKVCache, rows: int, device: torch.device
+    ) -> tuple[int, Tensor, Tensor]:
+        """(rows, cos, sin), each (1, rows, 3, 1, d_h) with the v slot the identity (cos 1, sin 0).
+
+        Rebuilt when the row count changes, as bd3lms rebuilds its tables (the first call of
+        each block), and kept on the cache otherwise.
+        """
+        if cache.rope is None or cache.rope[0] != rows or cache.rope[1].device != device:
+            cos, sin = self.rotary_emb.arange_tables(0, rows, device)  # (rows, 1, d_h)
+            cos3 = torch.stack([cos, cos, torch.ones_like(cos)], dim=1)[None]
+            sin3 = torch.stack([sin, sin, torch.zeros_like(sin)], dim=1)[None]
+            cache.rope = (rows, cos3, sin3)
+        return cache.rope
 
     # ---- bookkeeping --------------------------------------------------------------------------
 

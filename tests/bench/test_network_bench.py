@@ -17,6 +17,12 @@ Calls (one network call each, NFE 1, at a late position so the cache is nearly f
   as queries) and reference (bd3lms QKV cache, every row re-attends as a query).
 * AR cached step: 1 token against L − 1 cached rows.
 * MDLM full forward over L tokens.
+* The Eso-LM step again with each linear product forced (``skinny.forced``: ``never`` =
+  ``F.linear`` everywhere, ``always`` = the skinny product for every linear of ≤ 8 rows).
+* One linear of each DiT shape on 1, 2 and 4 rows, by each product, cycling through N weights
+  of that shape (as a call streams them) in the layout the Eso-LM network chose for them (the
+  skinny product on a column-major head is the slow case its rule avoids), and the
+  weight-bandwidth floor: one ``amax`` over every tensor an Eso-LM step reads.
 
 After timing, each result is compared with its uncached oracle (the same oracles as
 ``tests/harness/model/test_network_cache.py``), so a benchmark of a wrong call cannot pass.
@@ -30,8 +36,10 @@ import os
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.testing import assert_close
 
+from harness.model import skinny
 from harness.model.checkpoints import build_random_model
 from harness.model.network import DiT, block_causal_mask
 from tests.harness.model.test_network_cache import naive_forward
@@ -101,7 +109,8 @@ def size(request):
 # ---------------------------------------------------------------------------------------------
 
 
-def test_esolm_cached_step_kprev1_k1(benchmark, size):
+@pytest.mark.parametrize("product", ["auto", "never", "always"])
+def test_esolm_cached_step_kprev1_k1(benchmark, size, product):
     """One Eso-LM (B) sequential step at u = L − 1: the last committed token and one mask."""
     model = model_for(size, "esolm")
     L, M = SIZES[size][1], model.config.mask_id
@@ -120,9 +129,11 @@ def test_esolm_cached_step_kprev1_k1(benchmark, size):
         rope = (cos[:, n_c:], sin[:, n_c:])
 
     def step(x):
-        return model.forward_cached(x, cache, start=n_c, causal=True, rope=rope, logits=1)
+        with skinny.forced(product):
+            return model.forward_cached(x, cache, start=n_c, causal=True, rope=rope, logits=1)
 
     info(benchmark, size, model, call="esolm_cached_step", fed=2, cache_rows=L, head_rows=1)
+    benchmark.extra_info["product"] = product
     got = run(benchmark, size, step, (fed,))
     with torch.inference_mode():
         seq = torch.cat([truth[:, : L - 1], torch.full((B, 1), M)], 1)
@@ -131,23 +142,13 @@ def test_esolm_cached_step_kprev1_k1(benchmark, size):
 
 
 def _bd3lm_caches(model: DiT, prefix: torch.Tensor, L: int, blk: int):
-    """K/V and QKV caches holding the block-causal encoding of ``prefix`` (one forward)."""
+    """K/V and QKV caches holding the block-causal encoding of ``prefix`` (one store pass each)."""
     P = prefix.shape[1]
     kv_cache, qkv_cache = model.new_kv_cache(B, L), model.new_qkv_cache(B, L, blk)
-    qkv_rows = []
-    hooks = [
-        b.attn_qkv.register_forward_hook(lambda m, i, o: qkv_rows.append(o)) for b in model.blocks
-    ]
-    kv = []
-    try:
-        model(prefix, attn_mask=block_causal_mask(P, blk), kv_out=kv, logits=0)
-    finally:
-        for h in hooks:
-            h.remove()
-    for layer, ((k, v), q) in enumerate(zip(kv, qkv_rows)):
-        kv_cache.k[layer][:, :, :P] = k
-        kv_cache.v[layer][:, :, :P] = v
-        qkv_cache.qkv[layer][:, :P] = q  # un-rotated (q, k, v) rows, (b, P, 3d)
+    mask = block_causal_mask(P, blk)
+    model.forward_cached(prefix, kv_cache, start=0, causal=False, attn_mask=mask,
+                         return_logits=False)  # fmt: skip
+    model.forward_cached_reference(prefix, qkv_cache, start=0, return_logits=False)
     return kv_cache, qkv_cache
 
 
@@ -218,3 +219,43 @@ def test_mdlm_full_forward(benchmark, size):
         else:  # too large for float64 on CPU: the same rows through two head slices
             want = torch.cat([model(x, logits=slice(0, L // 2)), model(x, logits=L - L // 2)], 1)
     assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("product", ["linear", "skinny"])
+@pytest.mark.parametrize("shape", ["qkv", "out", "up", "down", "head"])
+def test_linear_products(benchmark, size, shape, product, rows):
+    """One pass of a linear over the N weights of one shape (the head: its one weight)."""
+    model = model_for(size, "esolm")
+    mods = {
+        "qkv": [b.attn_qkv for b in model.blocks],
+        "out": [b.attn_out for b in model.blocks],
+        "up": [b.mlp[0] for b in model.blocks],
+        "down": [b.mlp[2] for b in model.blocks],
+        "head": [model.output_layer.linear],
+    }[shape]
+    x = torch.randn(rows, mods[0].in_features, generator=torch.Generator().manual_seed(0))
+    fn = F.linear if product == "linear" else skinny.skinny_product
+
+    def one_pass(xx):
+        return [fn(xx, m.weight, m.bias) for m in mods]
+
+    info(benchmark, size, model, call=f"linear_{shape}", rows=rows, product=product)
+    benchmark.extra_info.update(weights=len(mods), mb=sum(m.weight.nbytes for m in mods) / 1e6)
+    got = run(benchmark, size, one_pass, (x,))
+    for y, m in zip(got, mods):
+        assert_close(y, F.linear(x, m.weight, m.bias), rtol=1e-4, atol=1e-4)
+
+
+def test_weight_bandwidth_floor(benchmark, size):
+    """Stream once every tensor an Eso-LM step at u = L − 1 reads (one amax each)."""
+    model = model_for(size, "esolm")
+    L = SIZES[size][1]
+    cache = model.new_kv_cache(B, L)
+    reads = [p for n, p in model.named_parameters() if "adaLN" not in n and "sigma" not in n]
+    reads = [p for p in reads if p is not model.vocab_embed.embedding]
+    reads += [t for t in (*cache.k, *cache.v)]
+    nbytes = sum(t.numel() * t.element_size() for t in reads)
+    info(benchmark, size, model, call="weight_floor", mb=nbytes / 1e6)
+    got = run(benchmark, size, lambda: [t.amax() for t in reads], ())
+    assert len(got) == len(reads)
