@@ -29,6 +29,29 @@ greedy: use a small temperature), top-p, float64 Gumbel-max; confidence is the p
 probability under the tempered, filtered distribution (LLaDA uses the untempered softmax; equal
 at temperature 1, top-p 1).
 
+Fast-dLLM's approximate KV caches (Wu et al. 2025, arXiv 2505.22618; reference NVlabs/Fast-dLLM
+``llada/generate.py``, ``generate_with_prefix_cache`` / ``generate_with_dual_cache``), option
+``cache``:
+
+* ``none`` (default): the exact path above, every step a full uncached forward.
+* ``prefix``: the first step of block [s, e) is one full forward that also writes the K/V of all
+  L rows (``forward_cached(x, start=0, causal=False)``; same logits as the uncached call); every
+  later step of the block feeds rows [s, L) only (``start=s``), attending to the prefix K/V
+  [0, s) from that block-start forward. Approximate on a bidirectional model: the prefix K/V were
+  computed while the current block still held the masks that later steps commit.
+* ``dual``: as ``prefix``, but later steps feed only the block rows [s, e); they attend to the
+  cached prefix [0, s) *and* suffix [e, L) from the block-start forward. The denoiser's
+  ``forward_cached`` attends over cache rows [0, start + n) only, so the fed block is written at
+  rows [L, L + n) of an (L + B)-row cache and an ``attn_mask`` hides the stale block rows [s, e):
+  keys = prefix ; suffix ; fresh block (dense cost L + n keys). A block with no suffix (e = L)
+  is run as ``prefix``.
+
+Where they provably equal ``none`` (same tokens, zero logit drift): a block's first step is
+exact by construction, so ``steps_per_block = 1`` is exact for both; ``prefix`` with no prompt
+and one block (s = 0: every step feeds the whole canvas) is exact; ``dual`` is ``prefix`` on the
+last block. Everywhere else the cached K/V are stale and results may differ: run the agreement
+report (``harness/run/agreement.py``, the runner's ``agree_*`` columns).
+
 NFE: non-adaptive policies make Σ_blocks #{steps whose count is non-zero for some row} calls;
 ``even`` gives exactly Σ_j min(n_j, T′). Adaptive ones (``threshold``) stop a block early, at
 most T′ calls per block.
@@ -82,6 +105,7 @@ class MDLMBlocksConfig:
         top_p: nucleus mass in (0, 1]; 1 disables it.
         top_p_convention: ``hf`` (keep the crossing token) or ``strict``.
         profile: network-only timing (same calls, placeholder tokens, no sampling arithmetic).
+        cache: ``none`` (exact), or Fast-dLLM's approximate ``prefix`` / ``dual`` K/V cache.
     """
 
     block_length: int = 32
@@ -93,6 +117,7 @@ class MDLMBlocksConfig:
     top_p: float = 1.0
     top_p_convention: TopPConvention = "hf"
     profile: bool = False
+    cache: str = "none"
 
     def problems(self) -> list[str]:
         """Every invalid value or combination, as sentences."""
@@ -112,7 +137,16 @@ class MDLMBlocksConfig:
                 "the model, so network-only timing would not replay them. Set profile: false, or "
                 "pick a non-adaptive policy."
             )
+        if self.cache not in CACHE_MODES:
+            out.append(
+                f"'cache' is {self.cache!r}; it must be one of {', '.join(CACHE_MODES)} "
+                "(none = exact; prefix / dual = Fast-dLLM's approximate caches)."
+            )
         return out + numerics_problems(self)
+
+
+CACHE_MODES = ("none", "prefix", "dual")
+"""``mdlm_blocks`` cache options: the exact path and Fast-dLLM's two approximate caches."""
 
 
 @dataclass
@@ -177,9 +211,14 @@ class MDLMBlocks:
             POLICIES, "policy", self.config.policy, threshold=self.config.policy_threshold
         )
 
+    on_step: Any = None
+    """Optional observer ``on_step(j, i, masked, logits)`` called after call i of block j with
+    the block's (b, n_j) mask before the commit and the call's (b, n_j, V) raw logits (the
+    agreement report records both paths with it); None in normal runs."""
+
     def cache_kind(self) -> str | None:
-        """None: every step re-runs the whole canvas (no cache)."""
-        return None
+        """None: every step re-runs the whole canvas (no cache); ``kv`` for prefix / dual."""
+        return None if self.config.cache == "none" else "kv"
 
     # ---- plan (untimed) ----------------------------------------------------------------------
 
@@ -235,12 +274,13 @@ class MDLMBlocks:
 
     @no_grad
     def execute(self, model: Any, plan: BlocksPlan, *, generator: torch.Generator) -> SampleResult:
-        """Blocks left to right; each step a full-canvas forward and commits inside the block."""
+        """Blocks left to right; each step one forward (full canvas, or cached) and commits."""
         x = plan.canvas.clone()  # (b, L)
+        cache = self.new_cache(model, x, plan)
         calls: list[CallRecord] = []
         sizes: list[float] = []
         for j in range(len(plan.blocks)):
-            sizes += self.denoise_block(model, x, j, plan, generator, calls)
+            sizes += self.denoise_block(model, x, j, plan, generator, calls, cache)
         n = len(calls)
         return SampleResult(
             tokens=x,
@@ -249,8 +289,15 @@ class MDLMBlocks:
             token_forwards=sum(c[0] for c in calls),
             step_sizes=sizes,
             calls=calls,
-            info={**plan.info, "profile": bool(self.config.profile)},
+            info={**plan.info, "profile": bool(self.config.profile), "cache": self.config.cache},
         )
+
+    def new_cache(self, model: Any, x: Tensor, plan: BlocksPlan) -> Any:
+        """None (``cache: none``), else a zeroed K/V cache of L rows (``dual``: L + B rows)."""
+        if self.config.cache == "none":
+            return None
+        extra = max(e - s for s, e in plan.blocks) if self.config.cache == "dual" else 0
+        return model.new_kv_cache(x.shape[0], x.shape[1] + extra)
 
     def denoise_block(
         self,
@@ -260,6 +307,7 @@ class MDLMBlocks:
         plan: BlocksPlan,
         generator: torch.Generator,
         calls: list[CallRecord],
+        cache: Any = None,
     ) -> list[float]:
         """Run block j's steps on x (b, L) in place; returns the batch-mean commits per call.
 
@@ -267,15 +315,18 @@ class MDLMBlocks:
             SamplerError: an adaptive policy left masks in the block after its T′ steps.
         """
         s, e = plan.blocks[j]
-        L, mask_id, adaptive = x.shape[1], model.config.mask_id, self.policy.adaptive
+        mask_id, adaptive = model.config.mask_id, self.policy.adaptive
         block = x[:, s:e]  # a view: commits write into x
+        dual = self.dual_inputs(model, x, s, e)
         sizes: list[float] = []
-        for k in plan.steps[j]:
+        for i, k in enumerate(plan.steps[j]):
             masked = block == mask_id  # (b, n_j)
             if adaptive and not bool(masked.any()):
                 break  # Fast-dLLM: leave the block once it is clean
-            logits = model(x, logits=slice(s, e))  # (b, n_j, V): full canvas, block rows' head
-            calls.append((L, L, L, e - s))
+            logits, record = self.block_forward(model, x, s, e, i, cache, dual)  # (b, n_j, V)
+            calls.append(record)
+            if self.on_step is not None:
+                self.on_step(j, i, masked, logits)
             if self.config.profile:
                 continue
             chosen = self.commit(block, masked, logits, k, mask_id, generator)
@@ -288,6 +339,51 @@ class MDLMBlocks:
                 "at least k positions when asked for k. Fix the policy, or use a non-adaptive one."
             )
         return sizes if adaptive else list(plan.step_means[j])
+
+    def dual_inputs(self, model: Any, x: Tensor, s: int, e: int) -> tuple[Any, Tensor] | None:
+        """``dual`` cache inputs of block [s, e), or None (other modes, or no suffix: e = L).
+
+        Returns the block's rotary tables at its natural positions s … e−1 and the (n, L + n)
+        bool key mask hiding the stale block rows [s, e) of the (L + B)-row cache.
+        """
+        L = x.shape[1]
+        if self.config.cache != "dual" or e == L:
+            return None
+        rope = model.rotary_emb.tables(torch.arange(s, e, device=x.device))  # (n, 1, d_h) each
+        keys = torch.ones(e - s, L + e - s, dtype=torch.bool, device=x.device)
+        keys[:, s:e] = False
+        return rope, keys
+
+    def block_forward(
+        self,
+        model: Any,
+        x: Tensor,
+        s: int,
+        e: int,
+        i: int,
+        cache: Any,
+        dual: tuple[Any, Tensor] | None,
+    ) -> tuple[Tensor, CallRecord]:
+        """Call i of block [s, e): the block rows' raw logits (b, n, V) and the call's record.
+
+        ``none``: full uncached canvas. Cached modes: call 0 is the full canvas writing all L
+        rows' K/V (exact); later calls feed [s, L) against the cached prefix (``prefix``), or
+        [s, e) against the cached prefix and suffix (``dual``, K/V at rows [L, L + n)).
+        """
+        L, n = x.shape[1], e - s
+        if self.config.cache == "none":
+            return model(x, logits=slice(s, e)), (L, L, L, n)
+        if i == 0:
+            out = model.forward_cached(x, cache, start=0, causal=False, logits=slice(s, e))
+            return out, (L, L, L, n)
+        if dual is None:
+            out = model.forward_cached(x[:, s:], cache, start=s, causal=False, logits=slice(0, n))
+            return out, (L - s, L - s, L, n)
+        rope, keys = dual
+        out = model.forward_cached(
+            x[:, s:e], cache, start=L, causal=False, rope=rope, attn_mask=keys
+        )
+        return out, (n, n, L + n, n)
 
     def commit(
         self,
@@ -350,7 +446,7 @@ class MDLMBlocks:
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
     ) -> list[CallRecord]:
-        """Per block, round(E[calls]) full-canvas calls (cumulative rounding), head on its rows.
+        """Per block, round(E[calls]) calls (cumulative rounding; see :meth:`block_records`).
 
         Adaptive policies: min(n_j, T′) calls per block, an upper bound.
         """
@@ -362,6 +458,14 @@ class MDLMBlocks:
                 acc += min(e - s, T)
             else:
                 acc += expected_block_calls(self.schedule, e - s, T, batch_size)
-            calls += [(L, L, L, e - s)] * (round(acc) - done)
+            calls += self.block_records(L, s, e, round(acc) - done)
             done = round(acc)
         return calls
+
+    def block_records(self, L: int, s: int, e: int, count: int) -> list[CallRecord]:
+        """The records of ``count`` calls on block [s, e) (see :meth:`block_forward`)."""
+        n, mode = e - s, self.config.cache
+        if mode == "none" or count < 1:
+            return [(L, L, L, n)] * max(count, 0)
+        later = (L - s, L - s, L, n) if mode == "prefix" or e == L else (n, n, L + n, n)
+        return [(L, L, L, n)] + [later] * (count - 1)

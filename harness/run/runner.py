@@ -40,7 +40,7 @@ from harness.measure import contention, costmodel, energy, envinfo, memory
 from harness.model import modelspec
 from harness.model.hf import cost as hf_cost
 from harness.model.hf.config import HFModelConfig
-from harness.run import taskcell, timing
+from harness.run import agreement, taskcell, timing
 from harness.run.experiment import Cell, Experiment, run_id_for
 from harness.run.experiment import stable_hash as _hash
 from samplers.base import SAMPLERS, SampleResult, check_family
@@ -215,9 +215,31 @@ def measure_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
     row.update(energy_columns(cell, meas))
     row.update(contention_columns(cell, meas, row))
     row["content_tokens_mean"] = _content_tokens(cell, result)
+    row.update(agreement_columns(cell, model))
     if cell.timing.mode == "full" and cell.timing.save_samples:
         row["samples_file"] = results.save_samples(ctx.run_dir, cell.cell_id, result.tokens)
     return row
+
+
+def agreement_columns(cell: Cell, model: Any) -> dict[str, Any]:
+    """``agree_*`` of a full-mode cell whose sampler has an approximate cache (else none).
+
+    Untimed, after the timing: the approximate config and its ``cache: none`` twin from the
+    cell's seed (``harness.run.agreement``).
+    """
+    if cell.timing.mode != "full" or not agreement.is_approximate(cell.config):
+        return {}
+    with numerics(cell):
+        rep = agreement.compare(
+            cell.sampler,
+            cell.config,
+            model,
+            batch_size=cell.batch_size,
+            seq_len=cell.seq_len,
+            seed=cell.seed,
+            device=cell.device,
+        )
+    return rep.columns()
 
 
 def time_task_cell(
