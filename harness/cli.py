@@ -479,7 +479,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 MODULE_COMMANDS: dict[str, tuple[str, str]] = {
     "demo": (
         "harness.demo",
-        "speed-quality frontier of the shipped checkpoints (run, score, plot)",
+        "speed-quality frontier and accuracy under parallelism of the shipped checkpoints",
     ),
     "train": (
         "harness.train.loop",

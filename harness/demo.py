@@ -1,9 +1,19 @@
-"""``dlmbench demo``: the speed-quality frontier of the shipped checkpoints, end to end.
+"""``dlmbench demo``: the speed-quality frontier and the task view of the shipped checkpoints.
 
+Two parts (``--part frontier|tasks|all``, default all):
+
+*frontier* —
 Runs ``configs/demo.yaml`` (MDLM over T, BD3-LM over T′, Eso-LM over α0_eval × T, AR, all on our
 small trained checkpoints, timed in full mode), scores the saved samples with the shipped
 evaluator (``checkpoints/evaluator-ar``) in a separate stage, draws the frontier and the Gen PPL
 vs NFE figures, and prints a table. Re-running resumes: finished cells and scores are reused.
+
+*tasks* — runs ``configs/demo_tasks.yaml``: the prompt-conditioned task checkpoints
+(``checkpoints/tasks-*``, ``docs/training-tasks.md``) answer held-out prompts of the built-in task
+suite (the validation examples their training never saw) with every family and with the
+loglinear/random, confidence and threshold policies over several step counts; prints accuracy
+per task against tokens per forward, and writes the AUP leaderboard and the accuracy-vs-TPF
+figure (``harness.report.leaderboard``).
 
 The demo never waits on the cost model's calibration: it runs with ``$DLMBENCH_PREDICT=cached``
 (:func:`harness.measure.costmodel.prediction_policy`), so ``predicted_s`` is filled only from a
@@ -23,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 DEFAULT_CONFIG = "configs/demo.yaml"
+DEFAULT_TASKS_CONFIG = "configs/demo_tasks.yaml"
 DEFAULT_EVALUATOR = "dit:checkpoints/evaluator-ar"
 
 
@@ -166,13 +177,76 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``dlmbench demo [--config CONFIG] [--evaluator SPEC]``."""
-    run_dir, table, figs = run_demo(
-        args.config, args.evaluator, tuple(args.overrides), args.predict
+def task_label(row: pd.Series) -> str:
+    """Sampler, with its policy where it has one (and α0 for Eso-LM)."""
+    p = json.loads(row["cell_config"])["params"]
+    if row["sampler"] == "esolm":
+        return f"esolm α0={p['alpha0_eval']:g}"
+    if "policy" in p:
+        return f"{row['sampler']} {p.get('schedule', '')}/{p['policy']}".replace(" /", " ")
+    return str(row["sampler"])
+
+
+def task_setting(row: pd.Series) -> str:
+    """The swept setting of a task cell: steps, steps per block, or the threshold."""
+    p = json.loads(row["cell_config"])["params"]
+    if p.get("policy") == "threshold":
+        return f"τ={p['policy_threshold']:g}"
+    return setting_label(row)
+
+
+def task_table(df: pd.DataFrame) -> pd.DataFrame:
+    """One line per method × setting: tokens per forward, accuracy per task and their mean."""
+    ok = df[(df["status"] == "ok") & df["task"].notna()].copy()
+    if not len(ok):
+        return pd.DataFrame()
+    ok["method"] = ok.apply(task_label, axis=1)
+    ok["setting"] = ok.apply(task_setting, axis=1)
+    keys = ["method", "setting"]
+    acc = ok.pivot_table(index=keys, columns="task", values="accuracy", aggfunc="mean")
+    acc["mean acc"] = acc.mean(axis=1)
+    g = ok.groupby(keys)
+    acc.insert(0, "TPF", g["tokens_per_forward"].mean())
+    acc["tok/s"] = g["gen_tokens_per_s"].median()
+    acc["trust"] = g["trust"].agg(lambda t: "noisy" if (t == "noisy").any() else "ok")
+    order = {m: i for i, m in enumerate(dict.fromkeys(ok["method"]))}
+    acc = acc.reset_index()
+    acc = acc.sort_values(
+        ["method", "TPF"], key=lambda c: c.map(order) if c.name == "method" else c
     )
+    return acc.reset_index(drop=True)
+
+
+def run_task_demo(
+    config: str = DEFAULT_TASKS_CONFIG, overrides: tuple[str, ...] = (), predict: str = "cached"
+) -> tuple[Path, pd.DataFrame, list[Path]]:
+    """Run the task view; returns (run folder, accuracy table, leaderboard and figure paths)."""
+    from harness.measure.costmodel import PREDICT_ENV
+    from harness.report.leaderboard import LeaderboardError, write_leaderboard
+    from harness.results import load_results
+    from harness.run.sweep import run_experiment
+
+    before = os.environ.get(PREDICT_ENV)
+    os.environ[PREDICT_ENV] = predict
+    try:
+        run_dir = run_experiment(config, overrides)
+    finally:
+        if before is None:
+            os.environ.pop(PREDICT_ENV, None)
+        else:
+            os.environ[PREDICT_ENV] = before
+    out: list[Path] = []
+    try:
+        md, csv, _ = write_leaderboard(run_dir)
+        out += [md, csv, run_dir / "plots" / "accuracy_vs_tpf.png"]
+    except LeaderboardError as e:
+        print(f"note: no leaderboard: {e}")
+    return run_dir, task_table(load_results(run_dir)), out
+
+
+def _print_part(run_dir: Path, table: pd.DataFrame, figs: list[Path], predict: str) -> None:
     print(table.to_string(index=False, formatters={c: _fmt for c in table.columns}))
-    note = prediction_note(run_dir, args.predict)
+    note = prediction_note(run_dir, predict)
     if note:
         print(note)
     from harness.results import load_results
@@ -182,17 +256,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(banner)
     print(f"\nresults: {run_dir}")
     for f in figs:
-        print(f"{'report' if f.suffix == '.md' else 'figure'}:  {f}")
+        print(f"{'report' if f.suffix in ('.md', '.csv') else 'figure'}:  {f}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``dlmbench demo [--part all|frontier|tasks] [--config C] [--tasks-config C]``."""
+    overrides = tuple(args.overrides)
+    if args.part in ("all", "frontier"):
+        print("== speed-quality frontier (unconditional samples, Gen PPL)")
+        run_dir, table, figs = run_demo(args.config, args.evaluator, overrides, args.predict)
+        _print_part(run_dir, table, figs, args.predict)
+    if args.part in ("all", "tasks"):
+        print("\n== accuracy under parallelism (prompted tasks, exact match)")
+        missing = missing_checkpoints(args.tasks_config)
+        if missing:
+            print(
+                f"note: skipped the task view: {', '.join(missing)} not found (train them with "
+                "scripts/train_task_checkpoints.sh; docs/training-tasks.md)."
+            )
+            return 0
+        run_dir, table, figs = run_task_demo(args.tasks_config, overrides, args.predict)
+        _print_part(run_dir, table, figs, args.predict)
     return 0
+
+
+def missing_checkpoints(config: str) -> list[str]:
+    """Checkpoint directories a config names that do not exist here."""
+    from harness.run.experiment import load_yaml
+
+    ck = load_yaml(config).get("checkpoints") or {}
+    paths = [v if isinstance(v, str) else (v or {}).get("path", "") for v in ck.values()]
+    return [p for p in paths if isinstance(p, str) and ":" not in p and not Path(p).is_dir()]
 
 
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``demo``."""
     p = subparsers.add_parser(
-        "demo", help="speed-quality frontier of the shipped checkpoints (run, score, plot)"
+        "demo",
+        help="speed-quality frontier and accuracy under parallelism of the shipped checkpoints",
     )
-    p.add_argument("overrides", nargs="*", help="a.b=value overrides of the demo config")
-    p.add_argument("--config", default=DEFAULT_CONFIG)
+    p.add_argument(
+        "overrides", nargs="*", help="a.b=value overrides of the demo config(s) of --part"
+    )
+    p.add_argument(
+        "--part",
+        choices=["all", "frontier", "tasks"],
+        default="all",
+        help="frontier (Gen PPL of unconditional samples), tasks (accuracy against tokens per "
+        "forward on prompted tasks), or all (default)",
+    )
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="the frontier's experiment")
+    p.add_argument(
+        "--tasks-config", default=DEFAULT_TASKS_CONFIG, help="the task view's experiment"
+    )
     p.add_argument(
         "--evaluator",
         default=DEFAULT_EVALUATOR,
