@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SamplerError,
     SampleResult,
     TopPConvention,
@@ -86,7 +87,7 @@ class ARPlan:
 
 
 @SAMPLERS.register("ar")
-class AR:
+class AR(PlanExecute):
     """Left-to-right sampling of L − P tokens after a prefix (the prompt, or BOS: P = 1).
 
     Args:
@@ -213,21 +214,6 @@ class AR:
             rest = [(1, 1, i + 1, 1) for i in range(P, seq_len - 1)]
             return ([(P, P, P, 1)] if P < seq_len else []) + rest
         return [(i + 1, i + 1, i + 1, 1) for i in range(P - 1, seq_len - 1)]
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0

@@ -137,6 +137,25 @@ class Sampler(Protocol):
         ...
 
 
+class PlanExecute:
+    """``sample`` = ``plan`` + ``execute``, shared by every built-in sampler (inherit it)."""
+
+    def sample(
+        self,
+        model: Any,
+        *,
+        batch_size: int,
+        seq_len: int,
+        generator: torch.Generator,
+        prompt: Tensor | None = None,
+    ) -> SampleResult:
+        """``plan`` then ``execute``."""
+        plan = self.plan(  # type: ignore[attr-defined]
+            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
+        )
+        return self.execute(model, plan, generator=generator)  # type: ignore[attr-defined]
+
+
 SAMPLERS: Registry[type] = Registry("sampler")
 """Sampler classes by name; filled by the explicit imports in ``samplers/__init__.py``."""
 

@@ -64,6 +64,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SamplerError,
     SampleResult,
     check_common,
@@ -479,7 +480,7 @@ def sliding_passes(
 
 
 @SAMPLERS.register("bd3lm")
-class BD3LMSampler:
+class BD3LMSampler(PlanExecute):
     """BD3-LM semi-autoregressive block sampler with exact block caches."""
 
     name: ClassVar[str] = "bd3lm"
@@ -639,21 +640,6 @@ class BD3LMSampler:
                 "profile": bool(cfg.profile),
             },
         )
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0

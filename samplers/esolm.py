@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SampleResult,
     check_common,
     check_config,
@@ -391,7 +392,7 @@ def even_split(total: int, parts: int) -> list[int]:
 
 
 @SAMPLERS.register("esolm")
-class EsoLMSampler:
+class EsoLMSampler(PlanExecute):
     """Eso-LM (B) with a binomial-walk diffusion phase and a left-to-right sequential phase."""
 
     name: ClassVar[str] = "esolm"
@@ -454,21 +455,6 @@ class EsoLMSampler:
     def execute(self, model: Any, plan: EsoPlan, *, generator: torch.Generator) -> SampleResult:
         """The timed loop; replayable (the cache is reset first)."""
         return decode(model, plan, self.config, generator)
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SamplerError,
     SampleResult,
     check_common,
@@ -101,7 +102,7 @@ def interleaved_steps(seq_len: int, num_groups: int, alpha0: float) -> tuple[lis
 
 
 @SAMPLERS.register("esolm_block")
-class EsoLMBlockSampler:
+class EsoLMBlockSampler(PlanExecute):
     """Eso-LM (B) decoding interleaved groups of far-apart positions (the paper's §5.2)."""
 
     name: ClassVar[str] = "esolm_block"
@@ -178,21 +179,6 @@ class EsoLMBlockSampler:
     def execute(self, model: Any, plan: EsoPlan, *, generator: torch.Generator) -> SampleResult:
         """The timed loop (shared with ``esolm``); replayable."""
         return decode(model, plan, self.config, generator)
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SamplerError,
     SampleResult,
     TopPConvention,
@@ -151,7 +152,7 @@ def expected_nfe(schedule: Any, n_tokens: int, num_steps: int, batch_size: int) 
 
 
 @SAMPLERS.register("mdlm")
-class MDLMAncestral:
+class MDLMAncestral(PlanExecute):
     """MDLM ancestral sampler over T grid steps with the no-change cache.
 
     Args:
@@ -316,21 +317,6 @@ class MDLMAncestral:
             calls=[(L, L, L, L)] * n,
             info=dict(plan.info),
         )
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SampleResult,
     TopPConvention,
     check_common,
@@ -81,7 +82,7 @@ class FirstHittingPlan:
 
 
 @SAMPLERS.register("mdlm_first_hitting")
-class MDLMFirstHitting:
+class MDLMFirstHitting(PlanExecute):
     """One uniformly chosen masked position per row per call; NFE = L.
 
     Args:
@@ -168,21 +169,6 @@ class MDLMFirstHitting:
             top_p=cfg.top_p,
             convention=cfg.top_p_convention,
         )
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from samplers.base import (
     SAMPLERS,
     CallRecord,
+    PlanExecute,
     SamplerError,
     SampleResult,
     TopPConvention,
@@ -190,7 +191,7 @@ def expected_block_calls(
 
 
 @SAMPLERS.register("mdlm_blocks")
-class MDLMBlocks:
+class MDLMBlocks(PlanExecute):
     """LLaDA / Fast-dLLM semi-autoregressive block loop over a full-canvas MDLM denoiser.
 
     Args:
@@ -427,21 +428,6 @@ class MDLMBlocks:
             convention=cfg.top_p_convention,
         )
         return chosen
-
-    def sample(
-        self,
-        model: Any,
-        *,
-        batch_size: int,
-        seq_len: int,
-        generator: torch.Generator,
-        prompt: Tensor | None = None,
-    ) -> SampleResult:
-        """``plan`` then ``execute``."""
-        plan = self.plan(
-            model, batch_size=batch_size, seq_len=seq_len, generator=generator, prompt=prompt
-        )
-        return self.execute(model, plan, generator=generator)
 
     def expected_calls(
         self, model_config: Any, *, batch_size: int, seq_len: int, prompt_len: int = 0
