@@ -79,6 +79,22 @@ DEFAULT_PREDICT = "cached"
 """The demo's prediction policy: never calibrate, predict only from a cached calibration."""
 
 
+def run_with_predict_policy(config: str, overrides: tuple[str, ...], predict: str) -> Path:
+    """``run_experiment`` under the cost-model policy ``predict`` (cell processes inherit it)."""
+    from harness.measure.costmodel import PREDICT_ENV
+    from harness.run.sweep import run_experiment
+
+    before = os.environ.get(PREDICT_ENV)
+    os.environ[PREDICT_ENV] = predict
+    try:
+        return run_experiment(config, overrides)
+    finally:
+        if before is None:
+            os.environ.pop(PREDICT_ENV, None)
+        else:
+            os.environ[PREDICT_ENV] = before
+
+
 def run_demo(
     config: str = DEFAULT_CONFIG,
     evaluator: str = DEFAULT_EVALUATOR,
@@ -91,21 +107,11 @@ def run_demo(
     matched quality, :mod:`harness.report.matched`). ``predict`` is the cost-model policy of the
     run (``cached``, ``auto`` or ``off``; see :func:`harness.measure.costmodel.prediction_policy`).
     """
-    from harness.measure.costmodel import PREDICT_ENV
     from harness.quality.stage import score_run
     from harness.report import plots
     from harness.results import load_results
-    from harness.run.sweep import run_experiment
 
-    before = os.environ.get(PREDICT_ENV)
-    os.environ[PREDICT_ENV] = predict  # cell processes inherit it
-    try:
-        run_dir = run_experiment(config, overrides)
-    finally:
-        if before is None:
-            os.environ.pop(PREDICT_ENV, None)
-        else:
-            os.environ[PREDICT_ENV] = before
+    run_dir = run_with_predict_policy(config, overrides, predict)
     if evaluator == DEFAULT_EVALUATOR and not Path(DEFAULT_EVALUATOR[4:]).is_dir():
         evaluator = "dit:checkpoints/ar"  # a checkout without the evaluator: the AR baseline
         print(f"note: {DEFAULT_EVALUATOR[4:]} not found; scoring with {evaluator} instead")
@@ -221,20 +227,10 @@ def run_task_demo(
     config: str = DEFAULT_TASKS_CONFIG, overrides: tuple[str, ...] = (), predict: str = "cached"
 ) -> tuple[Path, pd.DataFrame, list[Path]]:
     """Run the task view; returns (run folder, accuracy table, leaderboard and figure paths)."""
-    from harness.measure.costmodel import PREDICT_ENV
     from harness.report.leaderboard import LeaderboardError, write_leaderboard
     from harness.results import load_results
-    from harness.run.sweep import run_experiment
 
-    before = os.environ.get(PREDICT_ENV)
-    os.environ[PREDICT_ENV] = predict
-    try:
-        run_dir = run_experiment(config, overrides)
-    finally:
-        if before is None:
-            os.environ.pop(PREDICT_ENV, None)
-        else:
-            os.environ[PREDICT_ENV] = before
+    run_dir = run_with_predict_policy(config, overrides, predict)
     out: list[Path] = []
     try:
         md, csv, _ = write_leaderboard(run_dir)
