@@ -32,6 +32,10 @@ from samplers.schedules import POLICIES, SCHEDULES, load_entry_points
 # Eso-LM (B), its interleaved variant, BD3-LM:
 from samplers import bd3lm_block, esolm, esolm_interleaved  # noqa: F401, E402  isort: skip
 
+# diffusers' dLLM schedulers in dlmbench's loop (diffusers imported only when one runs):
+from samplers import diffusers_blocks  # noqa: F401, E402  isort: skip
+from samplers import diffusers_pipeline  # noqa: F401, E402  isort: skip
+
 load_entry_points()
 
 __all__ = ["POLICIES", "SAMPLERS", "SCHEDULES", "SampleResult", "Sampler", "SamplerError"]

@@ -231,8 +231,10 @@ def check_prompt(
             f"0 < P < seq_len (seq_len is the whole canvas, prompt + generated). Use a seq_len "
             f"above {P}, or pass prompt=None for unconditional generation."
         )
-    V, mask_id = int(model_config.vocab_size), int(model_config.mask_id)
-    bad = (prompt < 0) | (prompt >= V) | (prompt == mask_id)
+    V, mask_id = int(model_config.vocab_size), model_config.mask_id  # None: no mask token
+    bad = (prompt < 0) | (prompt >= V)
+    if mask_id is not None:
+        bad |= prompt == int(mask_id)
     if bool(bad.any()):
         r, c = (int(i) for i in bad.nonzero()[0])
         raise SamplerError(

@@ -15,6 +15,14 @@ every call's block logits through the sampler's ``on_step`` observer, and report
 
 The runner adds :meth:`Agreement.columns` (``agree_*``) to every full-mode cell whose sampler is
 approximate, computed untimed after the timing.
+
+A task cell answers its prompts in several batches from one generator: every batch is planned
+in order, then every plan executed in order (``runner.time_task_cell``). :func:`compare_pass`
+replays that pass for both configs (one generator each, seeded alike, so each path sees the
+stream the scored pass saw) and pools the report over the batches: ``tokens`` over every
+generated position of every prompt, ``step_drift`` over every compared call of every batch in
+order, ``quality_delta`` from a scorer of the whole pass (the runner's task accuracy).
+:func:`compare` is the one-batch pass.
 """
 
 from __future__ import annotations
@@ -94,6 +102,61 @@ def exact_config(config: Any) -> Any:
     return dataclasses.replace(config, cache="none")
 
 
+@dataclass(frozen=True, eq=False)
+class Batch:
+    """One sampler call of a pass.
+
+    Attributes:
+        batch_size: b.
+        seq_len: L, the whole canvas (prompt included).
+        prompt: optional (b, P) int64 prompt ids, the canvas's fixed prefix.
+    """
+
+    batch_size: int
+    seq_len: int
+    prompt: torch.Tensor | None = None
+
+    @property
+    def prompt_len(self) -> int:
+        """P (0 without a prompt)."""
+        return 0 if self.prompt is None else int(self.prompt.shape[1])
+
+
+Steps = dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]]
+"""{(block j, call i): (masked (b, n_j) bool before the call, raw logits (b, n_j, V) float32)}."""
+
+
+def plan_pass(sampler: Any, model: Any, batches: list[Batch], generator: Any) -> list[Any]:
+    """Plan every batch in order from ``generator`` (as the runner plans a task pass)."""
+    return [
+        sampler.plan(
+            model,
+            batch_size=b.batch_size,
+            seq_len=b.seq_len,
+            generator=generator,
+            prompt=b.prompt,
+        )
+        for b in batches
+    ]
+
+
+def execute_recorded(
+    sampler: Any, model: Any, plan: Any, generator: Any
+) -> tuple[torch.Tensor, Steps, int]:
+    """``execute(plan)`` with every call observed: tokens (b, L), :data:`Steps`, NFE."""
+    steps: Steps = {}
+
+    def on_step(j: int, i: int, masked: torch.Tensor, logits: torch.Tensor) -> None:
+        steps[(j, i)] = (masked.clone(), logits.detach().float().clone())
+
+    sampler.on_step = on_step
+    try:
+        result = sampler.execute(model, plan, generator=generator)
+    finally:
+        sampler.on_step = None
+    return result.tokens, steps, result.nfe_total
+
+
 def run_recorded(
     name: str,
     config: Any,
@@ -104,24 +167,13 @@ def run_recorded(
     seed: int,
     prompt: torch.Tensor | None,
     device: Any,
-) -> tuple[torch.Tensor, dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]], int]:
-    """``sample(seed)`` with every call observed: tokens (b, L), {(j, i): (masked, logits)}, NFE.
-
-    masked: (b, n_j) bool before call i of block j; logits: (b, n_j, V) float32 copies.
-    """
+) -> tuple[torch.Tensor, Steps, int]:
+    """``sample(seed)`` with every call observed: tokens (b, L), :data:`Steps`, NFE."""
     sampler = SAMPLERS.build(name, config)
-    steps: dict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def on_step(j: int, i: int, masked: torch.Tensor, logits: torch.Tensor) -> None:
-        steps[(j, i)] = (masked.clone(), logits.detach().float().clone())
-
-    sampler.on_step = on_step
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
-    result = sampler.sample(
-        model, batch_size=batch_size, seq_len=seq_len, generator=gen, prompt=prompt
-    )
-    return result.tokens, steps, result.nfe_total
+    (plan,) = plan_pass(sampler, model, [Batch(batch_size, seq_len, prompt)], gen)
+    return execute_recorded(sampler, model, plan, gen)
 
 
 def step_drift(
@@ -167,20 +219,93 @@ def compare(
     Raises:
         AgreementError: ``config`` has no approximate cache.
     """
-    exact_cfg = exact_config(config)
-    kw = dict(batch_size=batch_size, seq_len=seq_len, seed=seed, prompt=prompt, device=device)
-    tok_a, steps_a, nfe_a = run_recorded(name, config, model, **kw)
-    tok_e, steps_e, nfe_e = run_recorded(name, exact_cfg, model, **kw)
-    P = 0 if prompt is None else prompt.shape[1]
-    same = (tok_a[:, P:] == tok_e[:, P:]).double()
-    mask_id = model.config.mask_id
-    both = [k for k in sorted(steps_e) if k in steps_a]
-    drift = tuple(step_drift(steps_a[k], steps_e[k], mask_id) for k in both)
-    delta = math.nan if scorer is None else float(scorer(tok_a)) - float(scorer(tok_e))
-    return Agreement(
-        tokens=float(same.mean()) if same.numel() else 1.0,
-        step_drift=drift,
-        quality_delta=delta,
-        calls_approx=nfe_a,
-        calls_exact=nfe_e,
+    pass_scorer = None if scorer is None else (lambda tokens: scorer(tokens[0]))
+    rep, _ = compare_pass(
+        name,
+        config,
+        model,
+        batches=[Batch(batch_size, seq_len, prompt)],
+        seed=seed,
+        device=device,
+        scorer=pass_scorer,
     )
+    return rep
+
+
+def compare_pass(
+    name: str,
+    config: Any,
+    model: Any,
+    *,
+    batches: list[Batch],
+    seed: int,
+    device: Any = "cpu",
+    scorer: Callable[[list[torch.Tensor]], float] | None = None,
+) -> tuple[Agreement, list[torch.Tensor]]:
+    """Replay a pass over ``batches`` with ``config`` and its ``cache: none`` twin; compare.
+
+    Each path has its own generator seeded with ``seed``; it plans every batch in order, then
+    executes the plans in order (batch k of both paths is run before batch k + 1, so only one
+    batch's recorded logits are held at a time).
+
+    Args:
+        name: sampler registry name (``mdlm_blocks``).
+        config: its config, with ``cache`` in :data:`APPROXIMATE`.
+        model: the denoiser.
+        batches: the sampler calls of the pass, in the order the scored pass ran them.
+        seed: the generator seed both paths start from.
+        device: the generators' device.
+        scorer: optional ``[tokens (b_k, L_k) per batch] → float`` quality score of a whole
+            pass; the delta is approximate − exact.
+
+    Returns:
+        The pooled :class:`Agreement`, and the approximate path's tokens per batch.
+
+    Raises:
+        AgreementError: ``config`` has no approximate cache.
+    """
+    samplers = [SAMPLERS.build(name, c) for c in (config, exact_config(config))]
+    gens = [torch.Generator(device=device) for _ in samplers]
+    plans = []
+    for sampler, gen in zip(samplers, gens, strict=True):
+        gen.manual_seed(seed)
+        plans.append(plan_pass(sampler, model, batches, gen))
+    tokens: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+    same = positions = 0
+    drift: list[float] = []
+    calls = [0, 0]
+    for k, batch in enumerate(batches):
+        runs = [
+            execute_recorded(sampler, model, plan[k], gen)
+            for sampler, plan, gen in zip(samplers, plans, gens, strict=True)
+        ]
+        equal, drift_k = compare_batch(runs[0], runs[1], batch.prompt_len, model.config.mask_id)
+        same += equal
+        positions += runs[0][0][:, batch.prompt_len :].numel()
+        drift += drift_k
+        for path, (tok, _, nfe) in enumerate(runs):
+            calls[path] += nfe
+            tokens[path].append(tok)
+        del runs  # this batch's recorded logits
+    delta = math.nan if scorer is None else float(scorer(tokens[0])) - float(scorer(tokens[1]))
+    rep = Agreement(
+        tokens=same / positions if positions else 1.0,
+        step_drift=tuple(drift),
+        quality_delta=delta,
+        calls_approx=calls[0],
+        calls_exact=calls[1],
+    )
+    return rep, tokens[0]
+
+
+def compare_batch(
+    approx: tuple[torch.Tensor, Steps, int],
+    exact: tuple[torch.Tensor, Steps, int],
+    prompt_len: int,
+    mask_id: int,
+) -> tuple[int, list[float]]:
+    """Equal generated tokens (positions ≥ P) and per-call drift of one batch's two runs."""
+    (tok_a, steps_a, _), (tok_e, steps_e, _) = approx, exact
+    equal = int((tok_a[:, prompt_len:] == tok_e[:, prompt_len:]).sum())
+    both = [c for c in sorted(steps_e) if c in steps_a]
+    return equal, [step_drift(steps_a[c], steps_e[c], mask_id) for c in both]

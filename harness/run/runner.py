@@ -164,7 +164,7 @@ def check_sample(result: SampleResult, cell: Cell) -> None:
         problem = (
             f"token ids span [{int(tok.min())}, {int(tok.max())}], outside [0, {cfg.vocab_size})"
         )
-    elif bool((tok == cfg.mask_id).any()):
+    elif cfg.mask_id is not None and bool((tok == cfg.mask_id).any()):  # None: no mask token
         problem = f"{int((tok == cfg.mask_id).sum())} mask tokens (id {cfg.mask_id}) are left"
     if problem:
         raise InvalidSampleError(
@@ -327,7 +327,52 @@ def measure_task_cell(cell: Cell, ctx: RunContext) -> dict[str, Any]:
         cols, records = taskcell.score_batches(batches, answers, tokenizer, cell)
         row.update(cols)
         row["answers_file"] = taskcell.write_answers(ctx.run_dir, cell.cell_id, records)
+        row.update(task_agreement_columns(cell, model, batches, answers, tokenizer))
     return row
+
+
+def task_agreement_columns(
+    cell: Cell,
+    model: Any,
+    batches: list[taskcell.PromptBatch],
+    answers: list[SampleResult],
+    tokenizer: Any,
+) -> dict[str, Any]:
+    """``agree_*`` of a full-mode task cell with an approximate cache (else none).
+
+    Untimed, after scoring: the pass over ``batches`` replayed from the cell's seed with the
+    approximate config and its ``cache: none`` twin (:func:`agreement.compare_pass`), pooled
+    over every prompt; ``agree_accuracy_delta`` = accuracy of the approximate answers − accuracy
+    of the exact ones, both scored as the cell's ``accuracy``. A replay whose answers differ
+    from the scored ones (nondeterministic execution) is warned about.
+    """
+    if cell.timing.mode != "full" or not agreement.is_approximate(cell.config):
+        return {}
+    with numerics(cell):
+        rep, replay = agreement.compare_pass(
+            cell.sampler,
+            cell.config,
+            model,
+            batches=agreement_batches(batches, cell.device),
+            seed=cell.seed,
+            device=cell.device,
+            scorer=lambda tokens: taskcell.accuracy(batches, tokens, tokenizer),
+        )
+    if not all(torch.equal(a.tokens, r) for a, r in zip(answers, replay, strict=True)):
+        results.warn(
+            f"{cell.label}: the agreement replay of cache {cell.config.cache!r} did not "
+            "reproduce the scored answers (nondeterministic execution); its agree_* columns "
+            "describe the replay."
+        )
+    return {**rep.columns(), "agree_accuracy_delta": rep.quality_delta}
+
+
+def agreement_batches(batches: list[taskcell.PromptBatch], device: str) -> list[agreement.Batch]:
+    """The task pass's sampler calls, in the order :func:`time_task_cell` runs them.
+
+    Each is (b, P + G′, the (b, P) prompt on ``device``).
+    """
+    return [agreement.Batch(b.size, b.prompt_len + b.gen_len, b.prompt.to(device)) for b in batches]
 
 
 def task_work_columns(

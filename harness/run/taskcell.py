@@ -16,8 +16,10 @@ times (:func:`harness.run.runner.measure_task_cell`):
 3. :func:`check_answers` — every returned canvas keeps its prompt and has no mask left.
 4. :func:`score_batches` — the generated ids [P, P + G) decoded with the same tokenizer, cut at
    the first end marker (:func:`harness.tasks.scoring.predict_answer`; an ``hf:`` tokenizer adds
-   its EOS text), compared with the reference by the task's scorer; accuracy with a
-   percentile-bootstrap CI. Each answer record keeps the canvas's prompt ids and generated ids.
+   its EOS text), compared with the reference by the task's scorer (:func:`verdicts`); accuracy
+   with a percentile-bootstrap CI. Each answer record keeps the canvas's prompt ids and generated
+   ids. :func:`accuracy` scores other answers to the same batches the same way (the exact path
+   of an approximate-cache cell, ``agree_accuracy_delta``).
 
 Parallelism: ``tokens_per_forward`` = G′ / (denoising calls per sequence), averaged over the
 examples — the tokens committed per network call, the x-axis of accuracy under parallelism.
@@ -190,18 +192,48 @@ def check_answers(batch: PromptBatch, result: SampleResult, cell: Cell) -> str |
         return f"tokens have shape {tuple(tok.shape)}; expected {want}"
     if not torch.equal(tok[:, : batch.prompt_len].cpu(), batch.prompt):
         return "the prompt positions were changed"
-    if bool((tok == cell.model_cfg.mask_id).any()):
-        return f"{int((tok == cell.model_cfg.mask_id).sum())} mask tokens are left"
+    mask_id = cell.model_cfg.mask_id  # None: uniform corruption, no mask token
+    if mask_id is not None and bool((tok == mask_id).any()):
+        return f"{int((tok == mask_id).sum())} mask tokens are left"
     return None
 
 
 def predictions(batch: PromptBatch, result: SampleResult, tokenizer: Any) -> list[str]:
     """The decoded answer of each row: generated ids cut at the first end marker."""
+    return decode_answers(batch, result.tokens, tokenizer)
+
+
+def decode_answers(batch: PromptBatch, tokens: torch.Tensor, tokenizer: Any) -> list[str]:
+    """Each row's answer: ``tokens`` (b, P + G′) at [P, P + G′), cut at the first end marker."""
     from harness.tasks.scoring import END_MARKERS, predict_answer
 
-    gen = result.tokens[:, batch.prompt_len :].cpu()
+    gen = tokens[:, batch.prompt_len :].cpu()
     stops = getattr(tokenizer, "stops", END_MARKERS)  # an hf: tokenizer adds its EOS text
     return [predict_answer(tokenizer.decode(row.tolist()), stops=stops) for row in gen]
+
+
+def verdicts(batch: PromptBatch, tokens: torch.Tensor, tokenizer: Any) -> list[tuple[str, bool]]:
+    """(prediction, correct) of each row of ``tokens`` (b, P + G′), by the task's scorer."""
+    from harness.tasks import scoring
+
+    preds = decode_answers(batch, tokens, tokenizer)
+    return [
+        (pred, bool(scoring.score(ex.task, pred, ex.answer)))
+        for ex, pred in zip(batch.examples, preds, strict=True)
+    ]
+
+
+def accuracy(batches: list[PromptBatch], tokens: list[torch.Tensor], tokenizer: Any) -> float:
+    """Fraction of the examples that ``tokens`` answer right (NaN for none).
+
+    ``tokens``: one (b, P + G′) tensor per batch, scored as :func:`score_batches` scores the cell.
+    """
+    correct = [
+        ok
+        for batch, tok in zip(batches, tokens, strict=True)
+        for _, ok in verdicts(batch, tok, tokenizer)
+    ]
+    return sum(correct) / len(correct) if correct else math.nan
 
 
 def score_batches(
@@ -213,9 +245,8 @@ def score_batches(
     records: list[dict[str, Any]] = []
     for batch, res in zip(batches, results, strict=True):
         tokens = res.tokens.cpu()
-        preds = predictions(batch, res, tokenizer)
-        for ex, pred, row in zip(batch.examples, preds, tokens, strict=True):
-            ok = bool(scoring.score(ex.task, pred, ex.answer))
+        scored = verdicts(batch, tokens, tokenizer)
+        for ex, (pred, ok), row in zip(batch.examples, scored, tokens, strict=True):
             records.append(
                 {
                     "id": ex.id,

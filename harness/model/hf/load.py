@@ -29,6 +29,7 @@ def transformers_module() -> Any:
         raise HFModelError(
             "hf: models need the transformers package: pip install 'dlmbench[hf]'."
         ) from None
+    transformers.utils.logging.disable_progress_bar()  # one "Loading weights" bar per cell
     return transformers
 
 

@@ -1,7 +1,7 @@
 """HF adapters (``harness.model.hf``) against their oracles: each model's own forward.
 
-Tiny random models are written to local directories (``hf_models.py``): ModernBERT MaskedLM,
-a LLaDA-style and a Dream-style remote-code directory, and DiffusionGemma from a tiny
+Tiny random models are written to local directories (``harness/model/hf/tiny.py``): ModernBERT
+MaskedLM, a LLaDA-style and a Dream-style remote-code directory, and DiffusionGemma from a tiny
 ``DiffusionGemmaConfig``. Each loads through its adapter and must give the logits its own
 forward gives (``assert_close``, fp32); padded rows must give the logits they give alone; the
 Dream shift is checked on hand-worked indices; DiffusionGemma's cached path reproduces the
@@ -25,6 +25,7 @@ from torch.testing import assert_close
 
 from dlmcore.configio import ConfigError
 from harness.model import modelspec
+from harness.model.hf import tiny as H
 from harness.model.hf.adapters import (
     ADAPTERS,
     DiffusionGemmaAdapter,
@@ -37,7 +38,6 @@ from harness.model.hf.config import problems_of, read_config
 from harness.model.hf.load import load, load_adapter
 from harness.model.hf.spec import HFModelError, parse_spec
 from samplers.mdlm_ancestral import MDLMAncestral, MDLMConfig
-from tests.harness.model import hf_models as H
 
 ROOT = Path(__file__).resolve().parents[3]
 TRUST = {"trust_remote_code": True}

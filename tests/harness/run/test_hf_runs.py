@@ -1,7 +1,7 @@
 """Hugging Face models (``hf:`` specs) through the experiment config, the runner, task cells and
 the quality stage.
 
-Tiny local models (``tests/harness/model/hf_models.py``: ModernBERT with a WordLevel tokenizer,
+Tiny local models (``harness/model/hf/tiny.py``: ModernBERT with a WordLevel tokenizer,
 LLaDA- and Dream-style remote code) stand in for the real checkpoints; nothing is downloaded.
 The oracles are independent of the code under test: the model's own parameter count for the
 FLOPs, ``AutoTokenizer`` called directly for the prompt ids and the decoded answers, and
@@ -22,6 +22,7 @@ import yaml
 from dlmcore.configio import ConfigError
 from harness import cli, results
 from harness.model import modelspec
+from harness.model.hf import tiny as H
 from harness.model.hf.tokenizer import HFTextTokenizer, text_tokenizer
 from harness.quality.evaluators import decode_ids, load_text_tokenizer
 from harness.quality.stage import decode_samples, score_run
@@ -29,7 +30,6 @@ from harness.run import runner, taskcell
 from harness.run.experiment import load_experiment, run_id_for
 from harness.tasks.scoring import predict_answer
 from samplers.base import SampleResult
-from tests.harness.model import hf_models as H
 
 ROOT = Path(__file__).resolve().parents[3]
 HF_CONFIGS = sorted((ROOT / "configs" / "hf").glob("*.yaml"))

@@ -1,5 +1,10 @@
 """Tiny random Hugging Face models written to local directories, one per adapter kind.
 
+Used by the tests and by ``configs/smoke_hf.yaml``: ``python -m harness.model.hf.tiny DIR``
+writes all five under DIR (``modernbert``, ``bert``, ``llada``, ``dream``, ``gemma``; a few
+hundred KB, no download). It writes only into an empty or missing DIR, or one it wrote before
+(marked by :data:`MARKER`), so it never replaces a user's folder.
+
 * :func:`write_modernbert`: native ``ModernBertForMaskedLM`` + a WordLevel tokenizer whose
   ``[MASK]`` is the last id (the mask id comes from the tokenizer, as for ModernBERT chat models).
 * :func:`write_bert`: native ``BertForMaskedLM``, whose absolute position embeddings make
@@ -318,3 +323,60 @@ def write_diffusion_gemma(directory: Path, seed: int = 0) -> Path:
     model = DiffusionGemmaForBlockDiffusion(diffusion_gemma_config()).eval()
     spread_(model, seed).save_pretrained(directory)
     return directory
+
+
+MARKER = ".dlmbench-tiny-hf"
+"""File that marks a folder written by :func:`write_all` (safe to rewrite)."""
+
+WRITERS = {
+    "modernbert": write_modernbert,
+    "bert": write_bert,
+    "llada": write_llada_style,
+    "dream": write_dream_style,
+    "gemma": write_diffusion_gemma,
+}
+
+
+def write_all(root: Path) -> dict[str, Path]:
+    """Write every tiny model under ``root``; returns name → directory.
+
+    Raises:
+        UserError: ``root`` is a file, or a non-empty folder this function did not write.
+    """
+    from dlmcore.errors import UserError
+
+    root = Path(root)
+    if root.exists() and (
+        not root.is_dir() or (any(root.iterdir()) and not (root / MARKER).is_file())
+    ):
+        raise UserError(
+            f"{str(root)!r} exists and was not written by harness.model.hf.tiny; refusing to "
+            "write into it. Pass a new folder (e.g. .cache/hf-tiny)."
+        )
+    root.mkdir(parents=True, exist_ok=True)
+    (root / MARKER).write_text("tiny random HF models for tests and configs/smoke_hf.yaml\n")
+    return {name: write(root / name) for name, write in WRITERS.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m harness.model.hf.tiny DIR``: write the tiny models; 2 on a refused folder."""
+    import argparse
+    import sys
+
+    from dlmcore.errors import UserError
+
+    parser = argparse.ArgumentParser(prog="python -m harness.model.hf.tiny", description=__doc__)
+    parser.add_argument("root", type=Path, help="folder to write (new, empty or written before)")
+    args = parser.parse_args(argv)
+    try:
+        written = write_all(args.root)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for name, path in written.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
