@@ -238,6 +238,7 @@ class MDLMBlocks(PlanExecute):
         """
         check_family(self, model)
         check_common(batch_size, seq_len)
+        self.check_cache_support(model)
         dev = generator.device
         prompt = check_prompt(prompt, batch_size, seq_len, model.config, dev)
         P = 0 if prompt is None else prompt.shape[1]
@@ -260,6 +261,22 @@ class MDLMBlocks(PlanExecute):
         }
         canvas = prompt_canvas(prompt, batch_size, seq_len, model.config.mask_id, dev)
         return BlocksPlan(canvas, blocks, steps, means, info)
+
+    def check_cache_support(self, model: Any) -> None:
+        """Refuse ``prefix`` / ``dual`` on a denoiser without the cached calls they need.
+
+        Raises:
+            SamplerError: the model has no ``forward_cached`` / ``new_kv_cache`` (e.g. an
+                ``hf:`` adapter), naming the fix.
+        """
+        if self.config.cache == "none":
+            return
+        if not (hasattr(model, "forward_cached") and hasattr(model, "new_kv_cache")):
+            raise SamplerError(
+                f"sampler 'mdlm_blocks': cache '{self.config.cache}' needs a denoiser with a K/V "
+                f"cache path (forward_cached, new_kv_cache); {type(model).__name__} has none "
+                "(HF adapters run full forwards only). Use cache: none on this model."
+            )
 
     def expected_nfe(self, seq_len: int, prompt_len: int, batch_size: int) -> float:
         """Σ_blocks E[calls] (NaN for an adaptive policy: model-dependent)."""
