@@ -7,7 +7,7 @@ VENV_FLAGS ?=
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench lint clean-venv
+.PHONY: setup demo test bench lint smoke-hf clean-venv
 
 setup: $(VENV)/.installed
 
@@ -26,6 +26,10 @@ test: setup
 
 bench: setup
 	$(BIN)/python -m pytest -m benchmark --benchmark-enable -p no:randomly tests/bench
+
+smoke-hf: setup
+	$(BIN)/python -m harness.model.hf.tiny .cache/hf-tiny
+	$(BIN)/dlmbench run configs/smoke_hf.yaml
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -15,11 +15,21 @@ Shapes: b batch rows, n fed tokens, V the logits' width, C DiffusionGemma's canv
   step's logits), which is how the model's own ``generate`` drives it.
 
 Padding: ``attn_mask`` is a (b, n) boolean key-padding mask (True = real token). The adapter
-passes it to the model as its ``attention_mask`` (``2d``) or as a (b, 1, n, n) boolean mask over
-keys (``4d``, Dream's format; every query row keeps its real keys, so no row is fully masked),
-and, where the model's forward takes ``position_ids``, real tokens get positions 0, 1, … counted
-from the row's first real token. A row padded on the left or the right then gives the logits it
-gives alone at its real positions (tested); logits at padded positions are undefined.
+passes it to the model as its ``attention_mask`` (``2d``), or as a (b, 1, n, n) mask over keys:
+boolean (``4d``, Dream's format) or additive in the model's dtype, 0 allowed and −inf elsewhere
+(``4d_additive``, LLaDA2.x's format). In the 4-D formats a real query attends the real keys and
+a padding query its own position too, so no row is ever fully masked. Where the model's forward
+takes ``position_ids``, real tokens get positions 0, 1, … counted from the row's first real
+token. A row padded on the left or the right then gives the logits it gives alone at its real
+positions (tested); logits at padded positions are undefined.
+
+Block-causal attention (``config.block_causal`` = B, LLaDA2.x): query q may attend key k iff
+``pos[k] // B <= pos[q] // B`` and k is real, with ``pos`` the positions the model gets (the
+caller's ``positions``; else counted from each row's first real token; else 0 … n−1). The mask is
+built on every call, padding or not, in a 4-D format. Blocks start at a row's first real token
+because LLaDA2's ``generate`` numbers positions and blocks from its sequence's first token
+(``position_ids = arange``, ``tril`` over blocks from 0): a left-padded row then sees exactly the
+blocks it sees alone, so the padding guarantee above holds under block causality too (tested).
 
 ``ADAPTERS`` maps each kind to its class (did-you-mean on unknown kinds).
 """
@@ -75,6 +85,53 @@ def unshift_logits(raw: Tensor, attn_mask: Tensor | None = None) -> Tensor:
 def positions_from_mask(attn_mask: Tensor) -> Tensor:
     """(b, n) bool → (b, n) int64 positions counted from each row's first real token (pads: 0)."""
     return (attn_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
+
+
+def block_causal_allowed(blocks: Tensor) -> Tensor:
+    """(b, n) block ids → (b, 1, n, n) bool: query q may attend key k iff block k <= block q."""
+    return blocks[:, None, :, None] >= blocks[:, None, None, :]
+
+
+def allowed_keys(mask: Tensor | None, blocks: Tensor | None) -> Tensor:
+    """Which keys each query may attend: (b, 1, n, n) bool, True = allowed.
+
+    A real query: the real keys (``mask``), of blocks up to its own (``blocks``). A padding
+    query: the same, plus its own position, so that no row is fully masked (its output is
+    undefined; no real query reads it).
+
+    Args:
+        mask: (b, n) bool, True = real token; ``None`` = all real.
+        blocks: (b, n) block ids (block-causal), or ``None`` (bidirectional).
+    """
+    if mask is None and blocks is None:
+        raise ValueError("allowed_keys needs a padding mask or block ids")
+    ref = mask if mask is not None else blocks
+    b, n = ref.shape
+    if blocks is None:
+        allowed = torch.ones(b, 1, n, n, dtype=torch.bool, device=ref.device)
+    else:
+        allowed = block_causal_allowed(blocks)
+    if mask is None:
+        return allowed
+    own = torch.eye(n, dtype=torch.bool, device=ref.device)
+    return (allowed & mask[:, None, None, :]) | (own & ~mask[:, None, :, None])
+
+
+def additive_mask(allowed: Tensor, dtype: torch.dtype) -> Tensor:
+    """(b, 1, n, n) bool → the same shape in ``dtype``: 0 where allowed, −inf elsewhere.
+
+    LLaDA2's ``generate`` builds the same values as ``tril(...).log()`` (log 1 = 0, log 0 = −inf).
+    """
+    out = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    return out.masked_fill(~allowed, float("-inf"))
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating-point parameter (float32 if it has none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
 
 
 def select_rows(out: Tensor, logits: slice | int | None) -> Tensor:
@@ -139,12 +196,14 @@ def model_logits(output: Any, who: str) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# Bidirectional mask models: ModernBERT / BERT, LLaDA, Dream
+# Mask models: ModernBERT / BERT, LLaDA, Dream (bidirectional), LLaDA2.x (block-causal)
 # --------------------------------------------------------------------------------------------
 
 
 class HFDenoiser(nn.Module):
-    """A bidirectional HF model as an ``mdlm``-family denoiser: one full forward per call.
+    """An HF mask model as an ``mdlm``-family denoiser: one full forward per call.
+
+    Attention is bidirectional, or block-causal with ``config.block_causal`` (module docstring).
 
     Args:
         model: the loaded HF model (eval mode); its forward takes ``input_ids`` and
@@ -171,14 +230,17 @@ class HFDenoiser(nn.Module):
         logits: slice | int | None = None,
         **unsupported: Any,
     ) -> Tensor:
-        """Uncached bidirectional forward: (b, n) ids → (b, n', V) raw logits, unshifted.
+        """Uncached forward: (b, n) ids → (b, n', V) raw logits, unshifted.
+
+        Bidirectional, or block-causal over blocks of ``config.block_causal`` positions.
 
         Args:
             x: (b, n) token ids.
             positions: (n,) or (b, n) positions, for models whose forward takes
-                ``position_ids``; default: counted from each row's first real token.
+                ``position_ids``; default: counted from each row's first real token. Under
+                ``block_causal`` B, position p lies in block p // B.
             attn_mask: (b, n) bool key-padding mask, True = real token.
-            is_causal: must be falsy (the model's attention is its own).
+            is_causal: must be falsy (the model's attention is its own, or block-causal).
             logits: rows to return (protocol ``logits=``).
             **unsupported: any other DiT argument; refused unless ``None``.
         """
@@ -190,11 +252,11 @@ class HFDenoiser(nn.Module):
     def raw_logits(self, x: Tensor, mask: Tensor | None, positions: Tensor | None) -> Tensor:
         """The model's own logits for (b, n) ids: (b, n, V)."""
         kwargs: dict[str, Any] = {"input_ids": x}
-        if mask is not None:
-            kwargs["attention_mask"] = self.mask_argument(mask)
         pos = positions
         if pos is None and mask is not None:
             pos = positions_from_mask(mask)
+        if mask is not None or self.config.block_causal:
+            kwargs["attention_mask"] = self.mask_argument(mask, self.block_ids(x, pos))
         if pos is not None:
             if not self.takes_position_ids:
                 if positions is not None:
@@ -206,12 +268,40 @@ class HFDenoiser(nn.Module):
                 kwargs["position_ids"] = pos.expand(x.shape) if pos.dim() == 1 else pos
         return model_logits(self.model(**kwargs), f"{self.config.model_type} forward")
 
-    def mask_argument(self, mask: Tensor) -> Tensor:
-        """(b, n) bool → the model's ``attention_mask``: (b, n) int64, or (b, 1, n, n) bool."""
-        if self.config.attention_mask == "4d":
-            b, n = mask.shape
-            return mask[:, None, None, :].expand(b, 1, n, n)
-        return mask.long()
+    def block_ids(self, x: Tensor, pos: Tensor | None) -> Tensor | None:
+        """(b, n) block of each position (``pos // B``) under ``block_causal`` B, else ``None``.
+
+        Args:
+            x: (b, n) token ids (for the shape and device).
+            pos: (n,) or (b, n) positions the model gets, or ``None`` for 0 … n−1.
+        """
+        B = self.config.block_causal
+        if not B:
+            return None
+        if pos is None:
+            pos = torch.arange(x.shape[1], device=x.device)
+        return (pos.expand(x.shape) if pos.dim() == 1 else pos) // B
+
+    def mask_argument(self, mask: Tensor | None, blocks: Tensor | None) -> Tensor:
+        """The model's ``attention_mask`` for a call (format ``config.attention_mask``).
+
+        Args:
+            mask: (b, n) bool key-padding mask (True = real), or ``None`` (all real).
+            blocks: (b, n) block ids under ``block_causal``, or ``None`` (bidirectional).
+
+        Returns:
+            ``2d``: (b, n) int64; ``4d``: (b, 1, n, n) bool, True = may attend;
+            ``4d_additive``: (b, 1, n, n) in the model's dtype, 0 = may attend, −inf elsewhere.
+        """
+        fmt = self.config.attention_mask
+        if fmt == "2d":
+            if blocks is not None:  # refused by the config check; never silently bidirectional
+                raise HFModelError("block_causal needs a 4d or 4d_additive attention_mask.")
+            return mask.long()
+        allowed = allowed_keys(mask, blocks)
+        if fmt == "4d":
+            return allowed
+        return additive_mask(allowed, model_dtype(self.model))
 
     def freeze_conditioning(self) -> HFDenoiser:
         """No-op (HF diffusion LMs here are time-agnostic); the runner calls it on every model."""
@@ -236,6 +326,8 @@ class RemoteCodeAdapter(HFDenoiser):
     LLaDA-style: ``AutoModel`` → forward(input_ids, attention_mask (b, n)) → ``.logits``, no
     position ids (rotary is relative, so padding on the left keeps the real tokens' logits).
     Dream-style: ``logits_shift`` and a ``4d`` boolean mask with ``position_ids``.
+    LLaDA2.x-style: a ``4d_additive`` mask with ``position_ids``, block-causal with
+    ``block_causal: 32`` (the mask is then built on every call).
     """
 
     kind = "remote_code"

@@ -13,7 +13,11 @@ adapter carries. Where each field comes from:
 * ``bos_index`` / ``eos_index``: ``hf.bos_id`` / ``hf.eos_id``, else config.json
   ``bos_token_id`` / ``eos_token_id`` (the first of a list), else the tokenizer.
 * ``model_length``: ``max_position_embeddings`` or ``max_sequence_length`` (LLaDA).
-* ``block_size``: DiffusionGemma's ``canvas_length``; ``None`` for the bidirectional kinds.
+* ``block_size``: DiffusionGemma's ``canvas_length``; ``None`` for the other kinds.
+* ``attention_mask``: ``hf.attention_mask``, or for ``auto`` the model type's format (``4d`` for
+  Dream, ``4d_additive`` for LLaDA2.x's ``llada2_moe``, else ``2d``).
+* ``block_causal`` (a property): ``hf.block_causal``, checked against the resolved kind and mask
+  format (a (b, n) mask cannot carry it).
 """
 
 from __future__ import annotations
@@ -28,8 +32,10 @@ from typing import Any
 from dlmcore.configio import ConfigError
 from dlmcore.errors import short_repr
 from harness.model.hf.spec import (
+    ADDITIVE_MASK_MODEL_TYPES,
     CHAT_TEMPLATE_FILES,
     FOUR_D_MASK_MODEL_TYPES,
+    MASK_KINDS,
     SHIFTED_MODEL_TYPES,
     WEIGHT_FILES,
     WEIGHT_INDEXES,
@@ -61,7 +67,8 @@ class HFModelConfig:
         model_length: the model's position limit, or ``None`` when config.json has none.
         block_size: the canvas (block) length of block-diffusion models, else ``None``.
         logits_shift: whether the raw logit at i predicts token i + 1 (the adapter unshifts).
-        attention_mask: ``2d`` or ``4d``, how a padding mask reaches the model.
+        attention_mask: ``2d``, ``4d`` or ``4d_additive``, how the adapter's mask (padding,
+            block causality) reaches the model.
         kind: the adapter kind (``masked_lm``, ``remote_code``, ``diffusion_gemma``).
         model_type: config.json ``model_type``.
         hidden_size: d, where config.json says.
@@ -93,6 +100,11 @@ class HFModelConfig:
     weight_bytes: int
     spec: HFSpec
     n_params: int | None = None
+
+    @property
+    def block_causal(self) -> int | None:
+        """B when the adapter attends block-causally over blocks of B positions, else ``None``."""
+        return self.spec.options.block_causal
 
     @property
     def mask_id(self) -> int | None:
@@ -163,15 +175,14 @@ def collect_config(spec: HFSpec) -> tuple[HFModelConfig | None, list[str]]:
             f"({' / '.join(CHAT_TEMPLATE_FILES)}, or 'chat_template' in tokenizer_config.json). "
             "Set chat_template: false, or use the model's chat/instruct release."
         )
+    model_type = str(doc.get("model_type", "unknown"))
+    mask_format = resolve_mask_format(spec, model_type)
+    out += block_causal_problems(spec, kind, model_type, mask_format)
     if out:
         return None, out
-    model_type = str(doc.get("model_type", "unknown"))
     shifted = spec.options.logits_shift
     if shifted is None:
         shifted = model_type.lower() in SHIFTED_MODEL_TYPES
-    mask_format = spec.options.attention_mask
-    if mask_format == "auto":
-        mask_format = "4d" if model_type.lower() in FOUR_D_MASK_MODEL_TYPES else "2d"
     return (
         HFModelConfig(
             family=FAMILY_OF_KIND[kind],
@@ -195,6 +206,37 @@ def collect_config(spec: HFSpec) -> tuple[HFModelConfig | None, list[str]]:
         ),
         [],
     )
+
+
+def resolve_mask_format(spec: HFSpec, model_type: str) -> str:
+    """``hf.attention_mask``, or for ``auto`` the format the model type takes."""
+    fmt = spec.options.attention_mask
+    if fmt != "auto":
+        return fmt
+    if model_type.lower() in FOUR_D_MASK_MODEL_TYPES:
+        return "4d"
+    return "4d_additive" if model_type.lower() in ADDITIVE_MASK_MODEL_TYPES else "2d"
+
+
+def block_causal_problems(spec: HFSpec, kind: str, model_type: str, mask_format: str) -> list[str]:
+    """``hf.block_causal`` on a kind without an adapter-built mask, or with a (b, n) mask."""
+    B = spec.options.block_causal
+    if B is None:
+        return []
+    if kind not in MASK_KINDS:
+        return [
+            f"'{spec.source}': block_causal is {B} but this is a {kind} model, whose adapter "
+            f"builds no attention mask; block_causal applies to {' and '.join(MASK_KINDS)} "
+            "models. Remove it."
+        ]
+    if mask_format == "2d":
+        return [
+            f"'{spec.source}': block_causal is {B} but model_type {model_type!r} takes a (b, n) "
+            "attention_mask by default, which cannot say which blocks a query sees. Set "
+            "hf.attention_mask to '4d' (boolean) or '4d_additive' (float, 0 / -inf), whichever "
+            "its forward takes."
+        ]
+    return []
 
 
 def has_chat_template(root: Path, tok: TokenizerFiles) -> bool:
@@ -345,7 +387,8 @@ class TokenizerFiles:
 
 def describe(cfg: HFModelConfig) -> str:
     """One line for listings: kind, model type, V, mask id, shift."""
+    block = f", block_causal {cfg.block_causal}" if cfg.block_causal else ""
     return (
         f"{cfg.kind} {cfg.model_type}, family {cfg.family}, V={cfg.vocab_size}, "
-        f"mask {short_repr(cfg.mask_index)}, logits_shift {cfg.logits_shift}"
+        f"mask {short_repr(cfg.mask_index)}, logits_shift {cfg.logits_shift}{block}"
     )

@@ -38,6 +38,18 @@ SHIFTED_MODEL_TYPES = ("dream",)
 FOUR_D_MASK_MODEL_TYPES = ("dream",)
 """``model_type`` values whose forward wants a (b, 1, n, n) boolean attention mask, not (b, n)."""
 
+ADDITIVE_MASK_MODEL_TYPES = ("llada2_moe",)
+"""``model_type`` values whose forward wants a (b, 1, n, n) additive float mask (0 where a key
+may be attended, −inf elsewhere): LLaDA2.x, whose ``generate`` passes
+``tril(ones(blocks, blocks))`` expanded to tokens, ``.log()`` in the model's dtype, and whose
+forward hands a 4-D mask to attention as it is (a (b, n) one would be made token-causal)."""
+
+MASK_FORMATS = ("2d", "4d", "4d_additive")
+"""How a mask reaches the model's ``attention_mask`` (``HFOptions.attention_mask`` besides auto)."""
+
+MASK_KINDS = ("masked_lm", "remote_code")
+"""Adapter kinds whose attention mask the adapter builds (``block_causal`` applies to them)."""
+
 AUTO_CLASSES = ("AutoModel", "AutoModelForMaskedLM", "AutoModelForCausalLM")
 """``auto_map`` entries a remote-code checkpoint is loaded through, in order of preference."""
 
@@ -70,8 +82,16 @@ class HFOptions:
             tokenizer's mask token.
         bos_id: BOS id; ``null`` = config.json, else the tokenizer.
         eos_id: EOS id; ``null`` = config.json, else the tokenizer.
-        attention_mask: how a key-padding mask reaches the model: ``2d`` (b, n) as HF's
-            ``attention_mask``, ``4d`` (b, 1, n, n) boolean (Dream); ``auto`` = from the model type.
+        attention_mask: how the adapter's mask reaches the model: ``2d`` (b, n) as HF's
+            ``attention_mask`` (key padding only), ``4d`` (b, 1, n, n) boolean (Dream),
+            ``4d_additive`` (b, 1, n, n) in the model's dtype, 0 where a key may be attended and
+            −inf elsewhere (LLaDA2.x); ``auto`` = from the model type
+            (:data:`FOUR_D_MASK_MODEL_TYPES` → ``4d``, :data:`ADDITIVE_MASK_MODEL_TYPES` →
+            ``4d_additive``, else ``2d``).
+        block_causal: attend block-causally with blocks of this many positions (LLaDA2.x: 32):
+            query q may attend key k iff k // B <= q // B (block ids of the positions the model
+            gets, so blocks start at position 0 of a row's real tokens) and k is a real token;
+            ``null`` = off (bidirectional). Needs a 4-D ``attention_mask`` format.
         dtype: weights dtype at load.
         attn_implementation: transformers' attention backend; ``null`` = its default.
         hub_id: the Hub id the directory was downloaded from (provenance and the download hint
@@ -88,7 +108,8 @@ class HFOptions:
     mask_id: int | None = None
     bos_id: int | None = None
     eos_id: int | None = None
-    attention_mask: Literal["auto", "2d", "4d"] = "auto"
+    attention_mask: Literal["auto", "2d", "4d", "4d_additive"] = "auto"
+    block_causal: int | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] | None = None
     hub_id: str | None = None
@@ -101,12 +122,38 @@ class HFOptions:
             val = getattr(self, name)
             if val is not None and val < 0:
                 out.append(f"'hf.{name}' is {val}; a token id must be >= 0.")
+        out += self.block_causal_problems()
         if self.hub_id is not None and not _HUB_ID.match(self.hub_id):
             out.append(
                 f"'hf.hub_id' is {short_repr(self.hub_id)}; expected 'owner/name' as on the Hub "
                 "(e.g. GSAI-ML/LLaDA-8B-Instruct), or leave it out."
             )
         return out
+
+    def block_causal_problems(self) -> list[str]:
+        """A block length that is not a positive integer, or one the other options cannot carry."""
+        B = self.block_causal
+        if B is None:
+            return []
+        if B < 1:
+            return [
+                f"'hf.block_causal' is {B}; it must be a block length >= 1 (LLaDA2.x: 32), or "
+                "null for bidirectional attention."
+            ]
+        if self.attention_mask == "2d":
+            return [
+                f"'hf.block_causal' is {B} but 'hf.attention_mask' is '2d': a (b, n) mask "
+                "cannot say which blocks a query sees. Set attention_mask to '4d' (boolean) or "
+                "'4d_additive' (float), whichever the model's forward takes ('auto' picks "
+                "4d_additive for llada2_moe, 4d for Dream)."
+            ]
+        if self.kind not in ("auto", *MASK_KINDS):
+            return [
+                f"'hf.block_causal' is {B} but 'hf.kind' is {self.kind!r}, whose adapter builds "
+                f"no attention mask; block_causal applies to {' and '.join(MASK_KINDS)} models. "
+                "Remove it."
+            ]
+        return []
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """Tiny random Hugging Face models written to local directories, one per adapter kind.
 
 Used by the tests and by ``configs/smoke_hf.yaml``: ``python -m harness.model.hf.tiny DIR``
-writes all five under DIR (``modernbert``, ``bert``, ``llada``, ``dream``, ``gemma``; a few
-hundred KB, no download). It writes only into an empty or missing DIR, or one it wrote before
+writes all six under DIR (``modernbert``, ``bert``, ``llada``, ``dream``, ``gemma``, ``llada2``;
+a few hundred KB, no download). It writes only into an empty or missing DIR, or one it wrote before
 (marked by :data:`MARKER`), so it never replaces a user's folder.
 
 * :func:`write_modernbert`: native ``ModernBertForMaskedLM`` + a WordLevel tokenizer whose
@@ -18,6 +18,11 @@ hundred KB, no download). It writes only into an empty or missing DIR, or one it
   predicting token i + 1, as Dream's.
 * :func:`write_diffusion_gemma`: ``DiffusionGemmaForBlockDiffusion`` from a tiny
   ``DiffusionGemmaConfig`` (2 layers, 4 experts, canvas 8, a 1-layer vision tower).
+* :func:`write_llada2_style`: the same network under ``model_type: llada2_moe``, whose forward
+  takes ``attention_mask`` as a (b, 1, n, n) additive float mask (0 allowed, −inf elsewhere;
+  ``None`` = bidirectional) and ``position_ids``, as LLaDA2.x's ``modeling_llada2_moe.py`` is
+  called by its ``generate``; a (b, n) or boolean mask is refused, so a wrong format cannot pass
+  unnoticed.
 
 Weights are redrawn with :func:`spread_` (N(0, 1/fan_in) matrices) so logits vary enough for
 padding and equality checks to be able to fail.
@@ -151,6 +156,42 @@ class TinyDreamModel(TinyBase):
 '''
 
 
+LLADA2_CONFIG_CODE = """
+from .configuration_tinydlm import TinyDLMConfig
+
+
+class TinyLLaDA2Config(TinyDLMConfig):
+    model_type = "llada2_moe"
+"""
+
+LLADA2_MODELING_CODE = '''
+import torch
+from transformers.modeling_outputs import MaskedLMOutput
+
+from .configuration_tinyllada2 import TinyLLaDA2Config
+from .modeling_tinydlm import TinyBase
+
+
+class TinyLLaDA2ModelLM(TinyBase):
+    """LLaDA2-style: attention_mask (b, 1, n, n) additive float or None, position_ids (b, n)."""
+
+    config_class = TinyLLaDA2Config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None, **kwargs):
+        b, n = input_ids.shape
+        if attention_mask is not None and (
+            attention_mask.dim() != 4 or not attention_mask.is_floating_point()
+        ):
+            raise ValueError(
+                "attention_mask must be a (b, 1, n, n) additive float mask; got "
+                f"{tuple(attention_mask.shape)} {attention_mask.dtype}"
+            )
+        if position_ids is None:
+            position_ids = torch.arange(n, device=input_ids.device).expand(b, n)
+        return MaskedLMOutput(logits=self.core(input_ids, attention_mask, position_ids))
+'''
+
+
 def spread_(model: nn.Module, seed: int) -> nn.Module:
     """Redraw every matrix N(0, 1/fan_in) from ``seed``; vectors (norm scales, biases) stay."""
     g = torch.Generator().manual_seed(seed)
@@ -270,6 +311,40 @@ def write_dream_style(directory: Path, seed: int = 1) -> Path:
     return write_remote_code(directory, dream=True, seed=seed)
 
 
+def write_llada2_style(directory: Path, seed: int = 3) -> Path:
+    """LLaDA2.x-style remote-code directory (``model_type: llada2_moe``: additive 4-D mask)."""
+    from transformers import AutoConfig, AutoModel
+
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "configuration_tinydlm.py").write_text(CONFIG_CODE)
+    (directory / "modeling_tinydlm.py").write_text(MODELING_CODE)
+    (directory / "configuration_tinyllada2.py").write_text(LLADA2_CONFIG_CODE)
+    (directory / "modeling_tinyllada2.py").write_text(LLADA2_MODELING_CODE)
+    doc = {
+        "model_type": "llada2_moe",
+        "architectures": ["TinyLLaDA2ModelLM"],
+        "auto_map": {
+            "AutoConfig": "configuration_tinyllada2.TinyLLaDA2Config",
+            "AutoModel": "modeling_tinyllada2.TinyLLaDA2ModelLM",
+        },
+        "vocab_size": VOCAB,
+        "hidden_size": 32,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "intermediate_size": 48,
+        "max_position_embeddings": 128,
+        "mask_token_id": MASK_ID,
+        "bos_token_id": BOS_ID,
+        "eos_token_id": EOS_ID,
+    }
+    (directory / "config.json").write_text(json.dumps(doc))
+    cfg = AutoConfig.from_pretrained(directory, trust_remote_code=True, local_files_only=True)
+    torch.manual_seed(seed)
+    model = spread_(AutoModel.from_config(cfg, trust_remote_code=True), seed).eval()
+    model.save_pretrained(directory)
+    return directory
+
+
 def diffusion_gemma_config():
     """A tiny ``DiffusionGemmaConfig``: V 64, d 32, 2 layers (sliding + full), 4 experts."""
     from transformers import DiffusionGemmaConfig
@@ -334,6 +409,7 @@ WRITERS = {
     "llada": write_llada_style,
     "dream": write_dream_style,
     "gemma": write_diffusion_gemma,
+    "llada2": write_llada2_style,
 }
 
 
@@ -353,6 +429,9 @@ def write_all(root: Path) -> dict[str, Path]:
             f"{str(root)!r} exists and was not written by harness.model.hf.tiny; refusing to "
             "write into it. Pass a new folder (e.g. .cache/hf-tiny)."
         )
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # no "Writing model shards" bar per model
     root.mkdir(parents=True, exist_ok=True)
     (root / MARKER).write_text("tiny random HF models for tests and configs/smoke_hf.yaml\n")
     return {name: write(root / name) for name, write in WRITERS.items()}

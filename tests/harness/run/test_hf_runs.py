@@ -214,7 +214,7 @@ def test_validate_names_the_missing_directory_and_its_download(path, capsys):
 
 RUNNABLE = {  # config → (checkpoint key, tiny model of the same kind)
     "llada_8b_instruct": ("llada", "llada"),
-    "llada2_1_mini": ("llada2", "llada"),
+    "llada2_1_mini": ("llada2", "llada2"),
     "dream_v0_instruct_7b": ("dream", "dream"),
     "modernbert_large_chat": ("bert", "mb"),
     "diffusiongemma_26b_a4b_it": ("gemma", "gemma"),
@@ -227,6 +227,7 @@ def test_the_configs_are_valid_but_for_their_weights(dirs, capsys):
     H.write_llada_style(dirs["root"] / "llada")
     H.write_dream_style(dirs["root"] / "dream")
     H.write_diffusion_gemma(dirs["root"] / "gemma")
+    H.write_llada2_style(dirs["root"] / "llada2")
     for stem, (key, tiny) in RUNNABLE.items():
         hf = yaml.safe_load((ROOT / "configs" / "hf" / f"{stem}.yaml").read_text())
         over = [
