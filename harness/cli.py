@@ -308,7 +308,11 @@ def ls_tasks() -> list[str]:
            "file: `tasks: {file: path}`):"]  # fmt: skip
     for name in TASKS.names():
         spec = TASKS.get(name)
-        out.append(f"{name}  {spec.description}  (normalisation: {spec.normalisation})")
+        scorer = (
+            "valid answer, any of many" if spec.verify else f"normalisation: {spec.normalisation}"
+        )
+        note = "" if spec.default else "; name it, not in the default set"
+        out.append(f"{name}  {spec.description}  ({scorer}{note})")
         for level in spec.levels:
             ex = generate(name, level, 1, 0)[0]
             out.append(f"    level {level}: {ex.prompt!r} -> {ex.answer!r}")

@@ -218,7 +218,7 @@ def verdicts(batch: PromptBatch, tokens: torch.Tensor, tokenizer: Any) -> list[t
 
     preds = decode_answers(batch, tokens, tokenizer)
     return [
-        (pred, bool(scoring.score(ex.task, pred, ex.answer)))
+        (pred, bool(scoring.score(ex.task, pred, ex.answer, prompt=ex.prompt)))
         for ex, pred in zip(batch.examples, preds, strict=True)
     ]
 

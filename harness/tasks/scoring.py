@@ -144,21 +144,36 @@ def match(prediction: str, answer: str, normalisation: str, task: str = "?") -> 
     return got is not None and got == want
 
 
-def score(task_or_spec: str | TaskSpec, prediction: str, answer: str) -> bool:
-    """Exact match of ``prediction`` and ``answer`` under the task's normalisation.
+def score(
+    task_or_spec: str | TaskSpec, prediction: str, answer: str, prompt: str | None = None
+) -> bool:
+    """Whether ``prediction`` is right.
+
+    Exact match with ``answer`` under the task's normalisation, or, for a task with many right
+    answers (``TaskSpec.verify``, e.g. ``shuffle``), the task's own check of the normalised
+    prediction against the prompt.
 
     Args:
         task_or_spec: a :class:`TaskSpec`, or a task name (built-in, a file / lm-eval task
             loaded in this process, or ``jsonl:…`` / ``lmeval:…``).
         prediction: the model's answer (:func:`predict_answer` of its generation).
         answer: the reference.
+        prompt: the example's prompt; required by tasks with a ``verify``.
 
     Raises:
         dlmcore.registry.RegistryError: unknown task name.
-        ScoringError: see :func:`match`.
+        ScoringError: see :func:`match`; or a ``verify`` task scored without its prompt.
     """
     spec = task_or_spec if isinstance(task_or_spec, TaskSpec) else task_spec(task_or_spec)
-    return match(prediction, answer, spec.normalisation, spec.name)
+    if spec.verify is None:
+        return match(prediction, answer, spec.normalisation, spec.name)
+    if prompt is None:
+        raise ScoringError(
+            f"task '{spec.name}' has many right answers and is scored against its prompt; "
+            "pass prompt= to score()."
+        )
+    got = normalise(prediction, spec.normalisation)
+    return got is not None and bool(spec.verify(prompt, got))
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """The built-in offline task suite: prompts and references generated from a seed.
 
-Seven tasks, each at three difficulty levels (1, 2, 3: longer inputs), each designed so that the
+Eight tasks, each at three difficulty levels (1, 2, 3: longer inputs), each designed so that the
 tokens of its answer depend on each other — the case where unmasking many tokens per network
 call (parallel decoding) can fail while one token per call does not (``docs/tasks.md`` says why
 for each). Level 1 of each (sizes of levels 1 / 2 / 3 in brackets):
@@ -12,6 +12,9 @@ for each). Level 1 of each (sizes of levels 1 / 2 / 3 in brackets):
 - ``kv: a=3 b=7 c=1 d=0 ; b =`` → `` 7`` (4 pairs × 1 digit / 8 × 2 / 16 × 3)
 - ``brackets: ( [ ] { =`` → `` } )`` (3–4 / 7–8 / 15–16 brackets)
 - ``phrase: the old man walked =`` → `` the old man walked`` (4 / 8 / 17 words)
+- ``shuffle: 3 9 1 4 =`` → any order of the digits, e.g. `` 4 1 3 9`` (4 / 8 / 10 distinct
+  digits): many right answers, scored by a check, not by the reference; not in the default set
+  (``default_tasks``), so it must be named
 
 Format rules (the task models are trained on exactly this): plain ASCII, one line, the task's
 name and a colon first, symbols separated by single spaces, the prompt ends with the separator
@@ -135,6 +138,11 @@ class TaskSpec:
         normalisation: the scoring normalisation (:data:`harness.tasks.scoring.NORMALISATIONS`).
         make: the generator, ``make(stream, size) -> (prompt, answer)``; None for file tasks.
         answer_chars: the longest answer (characters) at a size; None: unknown.
+        verify: for tasks with many right answers, ``verify(prompt, normalised prediction)``
+            decides (the reference is one right answer, the training target); None: exact
+            match with the reference.
+        default: part of "every task" (``names`` None); ``shuffle`` is not, so that configs
+            written before it existed keep their meaning.
     """
 
     name: str
@@ -143,6 +151,8 @@ class TaskSpec:
     normalisation: str = "whitespace"
     make: Maker | None = None
     answer_chars: Callable[[Any], int] | None = None
+    verify: Callable[[str, str], bool] | None = None
+    default: bool = True
 
     @property
     def levels(self) -> tuple[int, ...]:
@@ -209,11 +219,19 @@ def _spaced(symbols: Iterable[str]) -> str:
     return " ".join(symbols)
 
 
-def _task(name: str, description: str, sizes: tuple[Any, ...], chars: Callable[[Any], int]):
+def _task(
+    name: str,
+    description: str,
+    sizes: tuple[Any, ...],
+    chars: Callable[[Any], int],
+    verify: Callable[[str, str], bool] | None = None,
+    default: bool = True,
+):
     """Decorator: register a generator ``make(stream, size)`` as a built-in task."""
 
     def wrap(make: Maker) -> Maker:
-        TASKS.add(name, TaskSpec(name, description, sizes, "whitespace", make, chars))
+        spec = TaskSpec(name, description, sizes, "whitespace", make, chars, verify, default)
+        TASKS.add(name, spec)
         return make
 
     return wrap
@@ -345,6 +363,39 @@ def make_phrase(rng: SeqRandom, n_words: int) -> tuple[str, str]:
     return f"phrase: {_spaced(words)}{SEPARATOR}", " " + _spaced(words)
 
 
+def is_permutation_of_prompt(prompt: str, prediction: str) -> bool:
+    """``shuffle``'s scorer: the prediction's symbols are the prompt's, each exactly once.
+
+    Args:
+        prompt: ``shuffle: d1 … dn =``.
+        prediction: the normalised answer (symbols separated by single spaces).
+    """
+    given = prompt.removeprefix("shuffle:").removesuffix(SEPARATOR).split()
+    return sorted(prediction.split()) == sorted(given)
+
+
+@_task(
+    "shuffle",
+    "any reordering of n distinct digits (many right answers)",
+    (4, 8, 10),
+    lambda n: 2 * n,
+    verify=is_permutation_of_prompt,
+    default=False,
+)
+def make_shuffle(rng: SeqRandom, n: int) -> tuple[str, str]:
+    """``shuffle: 3 9 1 4 =`` → any permutation of the digits, e.g. `` 4 1 3 9``.
+
+    The n digits are distinct, and the reference (the training target) is a uniformly random
+    permutation of them, so a model learns "a digit not used yet" at every position. Decoded
+    one token per call that is easy; decoded in parallel, positions drawn from the same marginal
+    collide and the answer repeats a digit (ParallelBench's shuffle; Kim et al. 2025,
+    arXiv 2510.04767). Scored by :func:`is_permutation_of_prompt`, not by the reference.
+    """
+    digits = rng.sample([str(d) for d in range(10)], n)
+    answer = rng.sample(digits, n)
+    return f"shuffle: {_spaced(digits)}{SEPARATOR}", " " + _spaced(answer)
+
+
 # --------------------------------------------------------------------------------------------
 # Generating examples
 # --------------------------------------------------------------------------------------------
@@ -375,6 +426,11 @@ def generate(task: str, level: int, n: int, seed: int) -> list[Example]:
     return out
 
 
+def default_tasks() -> list[str]:
+    """The built-in tasks that "every task" means (``TaskSpec.default``)."""
+    return [n for n in TASKS.names() if TASKS.get(n).default]
+
+
 def suite(
     names: Sequence[str] | None = None,
     levels: Iterable[int] | None = None,
@@ -383,13 +439,14 @@ def suite(
 ) -> list[Example]:
     """``n_per`` examples of every task × level, task by task in the order given.
 
-    ``names`` None: every built-in task; ``levels`` None: every level of each task.
+    ``names`` None: every default built-in task (all but ``shuffle``, which must be named);
+    ``levels`` None: every level of each task.
 
     Raises:
         dlmcore.registry.RegistryError, TaskError: as :func:`generate`.
     """
     out: list[Example] = []
-    for name in TASKS.names() if names is None else list(names):
+    for name in default_tasks() if names is None else list(names):
         spec = TASKS.get(name)
         for level in spec.levels if levels is None else list(levels):
             out += generate(name, level, n_per, seed)

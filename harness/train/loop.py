@@ -246,11 +246,11 @@ class TrainConfig:
 def _suite_problems(tasks: tuple[str, ...] | None, levels: tuple[int, ...] | None) -> list[str]:
     """Unknown task names (did-you-mean) and levels a task does not have."""
     try:
-        from harness.tasks.suite import TASKS
+        from harness.tasks.suite import TASKS, default_tasks
     except ImportError:
         return []  # reported when the data are loaded (taskdata.default_suite)
     out, specs = [], []
-    for name in tasks or TASKS.names():
+    for name in tasks or default_tasks():
         if name in TASKS:
             specs.append(TASKS.get(name))
         else:

@@ -39,6 +39,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from harness.tasks.scoring import score
+from harness.tasks.suite import TASKS
 from harness.train.taskdata import EncodedTasks, cell
 
 POLICIES = ("left_to_right", "confidence")
@@ -208,6 +210,18 @@ def answer_ids(z: Tensor, prompt_len: Tensor, mask_id: int, eos_id: int) -> list
 # ---------------------------------------------------------------------------------------------
 
 
+def is_right(ex: Any, text: str) -> bool:
+    """Whether the decoded answer ``text`` of example ``ex`` is right.
+
+    Exact text match with the reference, or, for a built-in task with many right answers
+    (``shuffle``), the task's own check against the prompt (``harness.tasks.scoring.score``).
+    """
+    spec = TASKS.get(ex.task) if ex.task in TASKS else None
+    if spec is not None and spec.verify is not None:
+        return score(spec, text, ex.answer, prompt=ex.prompt)
+    return text == ex.answer
+
+
 @dataclass
 class TaskAccuracy:
     """Exact-match accuracy of greedy answers.
@@ -272,7 +286,7 @@ def task_accuracy(
         answers = answer_ids(z, plen, cfg.mask_id, eos_id)
         for ex, ids in zip(enc.examples[i : i + batch_size], answers, strict=True):
             text = decode_text(ids)
-            ok = text == ex.answer
+            ok = is_right(ex, text)
             preds.append((str(ex.id), text, ok))
             hits[":".join(cell(ex))].append(ok)
     per_cell = {k: sum(v) / len(v) for k, v in hits.items()}

@@ -103,9 +103,33 @@ def test_score_generated_examples_end_to_end():
     """A generation that repeats the reference and stops is right; one token off is wrong."""
     for name in TASKS.names():
         ex = generate(name, 2, 1, seed=5)[0]
-        assert score(ex.task, predict_answer(ex.answer + "\n" + ex.prompt), ex.answer)
-        assert score(TASKS.get(name), predict_answer(ex.answer + "<|endoftext|>"), ex.answer)
-        assert not score(ex.task, predict_answer(ex.answer[:-1] + "\n"), ex.answer)
+        kw = {"prompt": ex.prompt}
+        assert score(ex.task, predict_answer(ex.answer + "\n" + ex.prompt), ex.answer, **kw)
+        assert score(TASKS.get(name), predict_answer(ex.answer + "<|endoftext|>"), ex.answer, **kw)
+        assert not score(ex.task, predict_answer(ex.answer[:-1] + "\n"), ex.answer, **kw)
+
+
+@pytest.mark.parametrize(
+    "prediction,right",
+    [
+        (" 4 1 9 3", True),  # another order than the reference: still right
+        (" 3 9 1 4", True),  # the prompt's own order is a permutation too
+        ("4  1 9 3 ", True),  # whitespace normalised first
+        (" 4 4 9 3", False),  # a digit twice, one missing: what parallel decoding produces
+        (" 4 1 9", False),  # one short
+        (" 4 1 9 3 3", False),  # one extra
+        (" 4 1 9 5", False),  # a digit not in the prompt
+        (" 4193", False),  # not separated
+    ],
+)
+def test_shuffle_is_scored_as_any_permutation_of_the_prompt(prediction, right):
+    prompt = "shuffle: 3 9 1 4 ="
+    assert score("shuffle", prediction, " 1 4 3 9", prompt=prompt) is right
+
+
+def test_a_verified_task_without_its_prompt_is_a_scoring_error():
+    with pytest.raises(scoring.ScoringError, match="pass prompt="):
+        score("shuffle", " 1 2", " 2 1")
 
 
 def test_score_by_spec_name_and_file_prefix():

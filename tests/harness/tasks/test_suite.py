@@ -7,6 +7,7 @@ state 0; and pinned examples, so that the stream the task models are trained on 
 
 from __future__ import annotations
 
+import collections
 import re
 
 import pytest
@@ -27,9 +28,13 @@ def body(ex: Example) -> list[str]:
     return ex.prompt[len(head) : -2].split(" ")
 
 
-def test_the_suite_has_the_seven_tasks_at_three_levels():
-    assert TASKS.names() == ["add", "brackets", "copy", "kv", "phrase", "reverse", "sort"]
+SEVEN = ["add", "brackets", "copy", "kv", "phrase", "reverse", "sort"]
+
+
+def test_the_suite_has_eight_tasks_at_three_levels_and_seven_by_default():
+    assert TASKS.names() == sorted([*SEVEN, "shuffle"])
     assert all(TASKS.get(n).levels == (1, 2, 3) for n in TASKS.names())
+    assert suite.default_tasks() == SEVEN  # shuffle must be named: old configs keep their data
 
 
 @pytest.mark.parametrize("name,level", ALL)
@@ -97,6 +102,12 @@ def check_brackets(ex: Example, n: int) -> None:
     assert set(rest) <= set("([{") and len(answer) == len(rest)
 
 
+def check_shuffle(ex: Example, n: int) -> None:
+    d = body(ex)
+    assert len(d) == n == len(set(d)) and all(x in "0123456789" and len(x) == 1 for x in d)
+    assert collections.Counter(ex.answer.split()) == collections.Counter(d)  # a permutation
+
+
 def check_phrase(ex: Example, n_words: int) -> None:
     words = body(ex)
     assert len(words) == n_words and ex.answer.split() == words
@@ -106,7 +117,7 @@ def check_phrase(ex: Example, n_words: int) -> None:
 
 CHECKS = {
     "copy": check_copy, "reverse": check_reverse, "sort": check_sort, "add": check_add,
-    "kv": check_kv, "brackets": check_brackets, "phrase": check_phrase,
+    "kv": check_kv, "brackets": check_brackets, "phrase": check_phrase, "shuffle": check_shuffle,
 }  # fmt: skip
 
 
@@ -174,6 +185,15 @@ def test_suite_concatenates_tasks_and_levels():
     assert exs[:3] == generate("sort", 1, 3, 0)
     everything = suite.suite(n_per=2)
     assert len(everything) == 7 * 3 * 2 and len({e.id for e in everything}) == 42
+
+
+def test_shuffle_references_are_uniform_permutations_not_the_prompt_order():
+    """The training targets spread over the orders: each digit of the prompt lands in each
+    answer position about equally often (so a model learns "any unused digit")."""
+    exs = generate("shuffle", 1, 4000, seed=0)
+    first = collections.Counter(body(ex).index(ex.answer.split()[0]) for ex in exs)
+    assert set(first) == {0, 1, 2, 3} and all(850 < c < 1150 for c in first.values())
+    assert sum(ex.answer.split() == body(ex) for ex in exs) < 4000 / 24 * 1.5
 
 
 def test_bad_requests_are_user_errors_naming_the_value():
