@@ -11,6 +11,7 @@ an invalid config (reported before anything runs or is written).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from collections.abc import Callable
@@ -353,12 +354,31 @@ def _fmt(x: Any) -> str:
     return "-" if x is None else str(x)
 
 
+SHOW_PARAM_CHARS = 40
+"""Widest parameter value ``show`` prints; longer ones end in an ellipsis."""
+
+
+def _param_text(v: Any) -> str:
+    """A parameter value for ``show``: mappings (stored as JSON) as ``k=v k=v``, then capped."""
+    if isinstance(v, str) and v.startswith("{"):
+        try:
+            v = json.loads(v)
+        except ValueError:
+            pass
+    if isinstance(v, dict):
+        v = " ".join(f"{k}={x}" for k, x in v.items()) or "{}"
+    text = _fmt(v) if not isinstance(v, str) else v
+    return text if len(text) <= SHOW_PARAM_CHARS else text[: SHOW_PARAM_CHARS - 1] + "…"
+
+
 def show_table(df: Any) -> str:
     """A compact text table of a run: one line per cell, varying parameters only."""
     import pandas as pd
 
     params = [c for c in df.columns if c.startswith("p_") and df[c].astype(str).nunique() > 1]
     t = df[["label", "seq_len", "batch_size", "seed", *params, "status"]].copy()
+    for c in params:
+        t[c] = t[c].map(_param_text)
     t.columns = ["label", "L", "b", "seed", *[c[2:] for c in params], "status"]
 
     def num(col: str) -> Any:

@@ -61,7 +61,10 @@ def test_smoke_hf_runs_every_cell_into_the_common_table_and_plots(tmp_path, caps
     assert {"mdlm", "mdlm_blocks"} <= set(df["sampler"])
     assert (df["nfe_denoise"] >= 1).all() and (df["tokens_per_s"] > 0).all()
     assert cli.main(["show", str(run_dir)]) == 0
-    assert "diffusers-gemma" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "diffusers-gemma" in shown
+    assert "block_length=8" in shown and '{"' not in shown  # mappings as k=v, not JSON
+    assert max(len(line) for line in shown.splitlines()) < 400
     out = tmp_path / "plots"
     assert (
         cli.main(
@@ -70,6 +73,14 @@ def test_smoke_hf_runs_every_cell_into_the_common_table_and_plots(tmp_path, caps
         == 0
     )
     assert any(out.iterdir())
+
+
+def test_show_prints_mapping_parameters_compactly_and_caps_them():
+    assert cli._param_text('{"a": 1, "b": "x"}') == "a=1 b=x"
+    assert cli._param_text({"k": 2}) == "k=2"
+    long = cli._param_text({f"key{i}": i for i in range(20)})
+    assert len(long) == cli.SHOW_PARAM_CHARS and long.endswith("…")
+    assert cli._param_text(float("nan")) == "-" and cli._param_text("{not json") == "{not json"
 
 
 def test_the_tiny_writer_never_writes_into_a_users_folder(tmp_path):
