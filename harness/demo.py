@@ -263,7 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         run_dir, table, figs = run_demo(args.config, args.evaluator, overrides, args.predict)
         _print_part(run_dir, table, figs, args.predict)
     if args.part in ("all", "tasks"):
-        print("\n== accuracy under parallelism (prompted tasks, exact match)")
+        print("\n== accuracy under parallelism (prompted tasks; exact match, shuffle: any order)")
         missing = missing_checkpoints(args.tasks_config)
         if missing:
             print(

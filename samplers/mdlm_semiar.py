@@ -262,6 +262,15 @@ class MDLMBlocks(PlanExecute):
         canvas = prompt_canvas(prompt, batch_size, seq_len, model.config.mask_id, dev)
         return BlocksPlan(canvas, blocks, steps, means, info)
 
+    def cache_rows(self, seq_len: int) -> int:
+        """Rows of the K/V cache a run allocates, at most: L, or L + B for ``dual``.
+
+        The dual cache writes the fresh block's K/V after the canvas (:meth:`new_cache`); the
+        extra rows are the longest block, B unless the generated region is shorter.
+        """
+        extra = self.config.block_length if self.config.cache == "dual" else 0
+        return seq_len + extra
+
     def check_cache_support(self, model: Any) -> None:
         """Refuse ``prefix`` / ``dual`` on a denoiser without the cached calls they need.
 

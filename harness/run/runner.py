@@ -736,13 +736,17 @@ def _cache_kind(cell: Cell) -> str | None:
 
 
 def _cache_bytes(cell: Cell) -> float:
-    """The analytic cache size of the whole batch; the sampler names its cache kind."""
-    kind = _cache_kind(cell)
+    """The analytic cache size of the whole batch.
+
+    The sampler names its cache kind and, if it allocates more rows than the canvas
+    (``mdlm_blocks`` dual cache: L + B), their number (``cache_rows``).
+    """
+    sampler = SAMPLERS.get(cell.sampler)(cell.config)
+    kind = sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
     if kind is None:
         return 0.0
-    return memory.cache_bytes(
-        cell.model_cfg, kind, cell.batch_size, cell.seq_len, DTYPES[cell.dtype][1]
-    )
+    rows = getattr(sampler, "cache_rows", lambda n: n)(cell.seq_len)
+    return memory.cache_bytes(cell.model_cfg, kind, cell.batch_size, rows, DTYPES[cell.dtype][1])
 
 
 def _content_tokens(cell: Cell, result: SampleResult) -> float:

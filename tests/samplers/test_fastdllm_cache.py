@@ -226,3 +226,21 @@ def test_approximate_cache_is_deterministic_on_repeat(mode):
         for _ in range(2)
     ]
     assert torch.equal(runs[0], runs[1])
+
+
+@pytest.mark.parametrize(("cache", "extra"), [("none", 0), ("prefix", 0), ("dual", 8)])
+def test_cache_rows_are_the_rows_a_run_allocates(cache, extra):
+    """The runner's analytic cache size uses ``cache_rows``: for ``dual`` the L + B rows that
+    ``new_cache`` allocates (the oracle: the allocated cache's own length and bytes)."""
+    model = tiny_model("mdlm")
+    s = MDLMBlocks(MDLMBlocksConfig(block_length=8, steps_per_block=2, cache=cache))
+    plan = s.plan(model, batch_size=2, seq_len=32, generator=torch.Generator())
+    assert s.cache_rows(32) == 32 + extra
+    allocated = s.new_cache(model, plan.canvas, plan)
+    if cache == "none":
+        assert allocated is None
+        return
+    assert allocated.length == 32 + extra
+    from harness.measure import memory
+
+    assert allocated.nbytes() == memory.cache_bytes(model.config, "kv", 2, 32 + extra, 4)
