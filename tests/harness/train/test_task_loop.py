@@ -14,6 +14,7 @@ import torch
 
 from dlmcore.configio import ConfigError
 from harness.model.checkpoints import load_dlmbench_checkpoint
+from harness.tasks.suite import TASKS
 from harness.train.corpus import is_validation
 from harness.train.loop import (
     TASK_FIELDS,
@@ -78,6 +79,36 @@ def test_shipped_task_configs_load_start_from_the_shipped_model_and_fit(name):
     small = load_config(path, ["task_pool_per=3", "task_val_per=2"])
     tasks = load_tasks(small, TextTokenizer.from_file())  # raises if a level does not fit
     assert tasks.val.rows.shape[1] == 64 and len(tasks.val.examples) == 2 * 7 * 2
+
+
+STAGED = {  # config → (family, the checkpoint it starts from, tasks it adds to the default seven)
+    "tasks-mdlm-l1": ("mdlm", "tasks-mdlm", ()),
+    "tasks-esolm-l1": ("esolm", "tasks-esolm", ()),
+    "tasks-bd3lm-b4-l1": ("bd3lm", "tasks-bd3lm-b4", ()),
+    "tasks-mdlm-shuffle": ("mdlm", "tasks-mdlm-l1", ("shuffle",)),
+    "tasks-esolm-shuffle": ("esolm", "tasks-esolm-l1", ("shuffle",)),
+    "tasks-ar-shuffle": ("ar", "tasks-ar", ("shuffle",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STAGED))
+def test_staged_task_configs_chain_shipped_checkpoints_and_fit_level_1(name):
+    """Stages 2 and 3 (docs/training-tasks.md): level 1 only at L = 32, task rows only, from a
+    shipped checkpoint of the same family; stage 3 names shuffle explicitly."""
+    family, parent, extra = STAGED[name]
+    path = f"configs/train/{name}.yaml"
+    cfg = load_config(path)
+    head = Path(path).read_text().split("\n")[:8]
+    assert any(f"python -m harness.train {path}" in line for line in head)
+    assert (cfg.name, cfg.family, cfg.data, cfg.seq_len) == (name, family, "tasks", 32)
+    assert cfg.task_levels == (1,) and cfg.init_from == f"checkpoints/{parent}"
+    src = json.loads((REPO_ROOT / cfg.init_from / "config.json").read_text())["model"]
+    assert src["family"] == cfg.family
+    assert set(cfg.tasks or ()) - set(TASKS.names()) == set()
+    assert tuple(t for t in (cfg.tasks or ()) if t == "shuffle") == extra
+    small = load_config(path, ["task_pool_per=3", "task_val_per=2"])
+    tasks = load_tasks(small, TextTokenizer.from_file())  # raises if a level-1 row does not fit
+    assert tasks.val.rows.shape[1] == 32 and len(tasks.val.examples) == 2 * (7 + len(extra))
 
 
 # ---------------------------------------------------------------------------------------------
