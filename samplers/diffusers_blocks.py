@@ -69,6 +69,7 @@ from samplers.base import (
     prompt_info,
 )
 from samplers.diffusers_support import (
+    CORRUPTION_OF_FAMILY,
     accepted_kwargs,
     build_scheduler,
     scheduler_problems,
@@ -79,9 +80,6 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 torch = lazy_torch(globals())
-
-CORRUPTION = {"mdlm": "mask", "uniform_block": "uniform"}
-"""Model family → corruption process."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +216,7 @@ class DiffusersBlocks(PlanExecute):
         """Check the model against the scheduler and lay out the starting canvas."""
         check_family(self, model)
         check_common(batch_size, seq_len)
-        corruption = CORRUPTION[model.config.family]
+        corruption = CORRUPTION_OF_FAMILY[model.config.family]
         problems = scheduler_problems(self.config.scheduler, self.config.scheduler_args, corruption)
         if problems:
             raise SamplerError(f"sampler '{self.name}': " + " ".join(problems))
@@ -301,7 +299,7 @@ class DiffusersBlocks(PlanExecute):
     ) -> list[CallRecord]:
         """Upper bound on the calls (no early exits; adaptive steps stop sooner)."""
         cfg = self.config
-        if CORRUPTION.get(model_config.family) == "uniform":
+        if CORRUPTION_OF_FAMILY.get(model_config.family) == "uniform":
             C = int(model_config.block_size)
             P = max(prompt_len, 1)
             n = -(-(seq_len - P) // C)

@@ -85,6 +85,7 @@ from samplers.base import (
     prompt_info,
 )
 from samplers.diffusers_support import (
+    FAMILY_OF_CORRUPTION,
     INSTALL_HINT,
     PIPELINES,
     args_problems,
@@ -101,7 +102,6 @@ if TYPE_CHECKING:
 
 torch = lazy_torch(globals())
 
-FAMILY_OF_CORRUPTION = {"mask": "mdlm", "uniform": "uniform_block"}
 """The dlmbench model family each pipeline corruption drives."""
 
 SET_BY_DLMBENCH: dict[str, str] = {

@@ -42,6 +42,12 @@ SCHEDULERS: dict[str, tuple[str, ...]] = {
 PIPELINES: dict[str, str] = {"LLaDA2Pipeline": "mask", "DiffusionGemmaPipeline": "uniform"}
 """diffusers dLLM pipeline class → the corruption of the models it drives."""
 
+CORRUPTION_OF_FAMILY: dict[str, str] = {"mdlm": "mask", "uniform_block": "uniform"}
+"""Model family → its corruption process (``uniform_block``: DiffusionGemma, no mask token)."""
+
+FAMILY_OF_CORRUPTION: dict[str, str] = {v: k for k, v in CORRUPTION_OF_FAMILY.items()}
+"""The inverse: corruption → model family."""
+
 TESTED_VERSION = "0.42.0"
 """The diffusers release these samplers were written and tested against."""
 
