@@ -72,7 +72,10 @@ from samplers.diffusers_support import (
     CORRUPTION_OF_FAMILY,
     accepted_kwargs,
     build_scheduler,
+    canvas_calls,
     scheduler_problems,
+    takes_keyword,
+    window_calls,
 )
 from samplers.lazytorch import lazy_torch, no_grad
 
@@ -302,18 +305,11 @@ class DiffusersBlocks(PlanExecute):
         if CORRUPTION_OF_FAMILY.get(model_config.family) == "uniform":
             C = int(model_config.block_size)
             P = max(prompt_len, 1)
-            n = -(-(seq_len - P) // C)
             steps, corrected, sweeps = self.budget()
-            per = steps + corrected * sweeps
-            out: list[CallRecord] = [(P, P, P, 0)]
-            for i in range(n):
-                if i:
-                    out.append((C, C, P + i * C, 0))
-                out += [(C, C, P + (i + 1) * C, C)] * per
-            return out
+            return canvas_calls(P, -(-(seq_len - P) // C), C, steps + corrected * sweeps)
         B = int(cfg.block_size or 32)
         T = min(cfg.num_inference_steps, (seq_len - prompt_len) // (cfg.minimal_topk or 1))
-        return expected_block_records(seq_len, prompt_len, B, max(T, 0))
+        return window_calls(prompt_len, seq_len, B, max(T, 0), head=B)
 
     # ---- execute (timed) ---------------------------------------------------------------------
 
@@ -378,6 +374,7 @@ class DiffusersBlocks(PlanExecute):
         frozen = torch.arange(end - B, end, device=x.device) < P  # (B,) the prompt's tail
         editing = cfg.editing_threshold is not None and cfg.editing_threshold > 0
         step_args = self.block_step_args(mask_id, frozen, generator)
+        never_finished = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)  # no EOS stop
         step, post = 0, 0
         while True:
             masks_left = bool((block == mask_id).any())
@@ -392,7 +389,6 @@ class DiffusersBlocks(PlanExecute):
             block.copy_(torch.where(chosen, out.prev_sample, block))
             sizes.append(float(out.transfer_index.sum(-1).double().mean()))
             step += 1 if masks_left else 0
-            done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
             if not scheduler.check_block_should_continue(
                 step_idx=step,
                 masks_remaining=masks_left,
@@ -400,7 +396,7 @@ class DiffusersBlocks(PlanExecute):
                 editing_transfer_index=out.editing_transfer_index,
                 post_steps=post,
                 max_post_steps=cfg.max_post_steps,
-                finished=done,
+                finished=never_finished,
             ):
                 return
 
@@ -436,7 +432,7 @@ class DiffusersBlocks(PlanExecute):
         b, P = prefix.shape
         C, n = int(plan.info["block_size"]), int(plan.info["n_blocks"])
         steps = self.budget()[0]
-        if "block_length" in accepted_kwargs(scheduler.set_timesteps, {"block_length": C}):
+        if takes_keyword(scheduler.set_timesteps, "block_length"):
             scheduler.set_timesteps(steps, device=prefix.device, block_length=C)
         else:
             scheduler.set_timesteps(steps, device=prefix.device)
@@ -532,15 +528,3 @@ class AdaptiveStop:
     def all_done(self) -> bool:
         """Every row finished (the canvas ends)."""
         return self.threshold is not None and bool(self.done.all())
-
-
-def expected_block_records(
-    seq_len: int, prompt_len: int, block_size: int, steps: int
-) -> list[CallRecord]:
-    """Mask corruption's upper bound: T calls on each generated block's window."""
-    out: list[CallRecord] = []
-    total = -(-seq_len // block_size) * block_size
-    for j in range(prompt_len // block_size, total // block_size):
-        end = (j + 1) * block_size
-        out += [(end, end, end, block_size)] * steps
-    return out

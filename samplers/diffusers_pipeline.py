@@ -90,10 +90,13 @@ from samplers.diffusers_support import (
     PIPELINES,
     args_problems,
     build_scheduler,
+    canvas_calls,
     import_diffusers,
     name_problems,
     scheduler_class,
     scheduler_problems,
+    takes_keyword,
+    window_calls,
 )
 from samplers.lazytorch import lazy_torch, no_grad
 
@@ -213,11 +216,6 @@ def rename_cache_keyword(kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs = dict(kwargs)
         kwargs["cache"] = kwargs.pop("past_key_values")
     return kwargs
-
-
-def takes_keyword(fn: Any, name: str) -> bool:
-    """Whether ``fn`` names ``name`` among its parameters (``**kwargs`` does not count)."""
-    return name in inspect.signature(fn).parameters
 
 
 def gemma_needs_rename(model: Any) -> bool:
@@ -561,10 +559,7 @@ class DiffusersPipeline(PlanExecute):
         self.check_model(model)
         dev = generator.device
         cfg = model.config
-        checked = SimpleNamespace(vocab_size=cfg.vocab_size, mask_id=cfg.mask_id)
-        if cfg.mask_id is None:  # uniform corruption: no id is the mask
-            checked.mask_id = -1
-        prompt = check_prompt(prompt, batch_size, seq_len, checked, dev)
+        prompt = check_prompt(prompt, batch_size, seq_len, cfg, dev)  # mask_id None: uniform
         P = 0 if prompt is None else prompt.shape[1]
         G = seq_len - P
         if prompt is None:
@@ -734,39 +729,19 @@ class DiffusersPipeline(PlanExecute):
         if self.corruption == "mask":
             return self.llada_calls(P, G)
         C = int(model_config.block_size)
-        return gemma_calls(
+        return canvas_calls(
             P if P > 0 else 1, -(-G // C), C, int(self.call_arg("num_inference_steps"))
         )
 
     def llada_calls(self, P: int, G: int) -> list[CallRecord]:
         """LLaDA2's bound: per block, T′ (+ ``max_post_steps`` if editing) window calls."""
-        B = self.block_length()
         steps = min(
             int(self.call_arg("num_inference_steps")), G // int(self.call_arg("minimal_topk"))
         )
         edit = self.call_arg("editing_threshold")
         if edit is not None and edit > 0:
             steps += int(self.call_arg("max_post_steps"))
-        calls: list[CallRecord] = []
-        for j in range(P // B, -(-(P + G) // B)):
-            W = (j + 1) * B
-            calls += [(W, W, W, W)] * steps
-        return calls
-
-
-def gemma_calls(P: int, canvases: int, C: int, steps: int) -> list[CallRecord]:
-    """DiffusionGemma's bound: per canvas j one encoder call, then ``steps`` decoder calls.
-
-    The encoder feeds the new context (P rows, then C); the decoder calls attend to
-    K = P + j·C cached rows and the C canvas rows.
-    """
-    calls: list[CallRecord] = []
-    for j in range(canvases):
-        K = P + j * C
-        n = P if j == 0 else C
-        calls.append((n, n, K, 0))
-        calls += [(C, C, K + C, C)] * steps
-    return calls
+        return window_calls(P, P + G, self.block_length(), steps)
 
 
 def pad_with(seq: Tensor, width: int, value: int | None) -> tuple[Tensor, int]:

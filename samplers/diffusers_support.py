@@ -29,7 +29,7 @@ from typing import Any
 
 from dlmcore.errors import short_repr
 from dlmcore.registry import did_you_mean
-from samplers.base import SamplerError
+from samplers.base import CallRecord, SamplerError
 
 SCHEDULERS: dict[str, tuple[str, ...]] = {
     "BlockRefinementScheduler": ("mask", "uniform"),
@@ -153,3 +153,50 @@ def accepted_kwargs(fn: Any, candidates: Mapping[str, Any]) -> dict[str, Any]:
     """
     params = inspect.signature(fn).parameters
     return {k: v for k, v in candidates.items() if k in params}
+
+
+def takes_keyword(fn: Any, name: str) -> bool:
+    """Whether ``fn`` names ``name`` among its parameters (``**kwargs`` does not count)."""
+    return name in inspect.signature(fn).parameters
+
+
+# --------------------------------------------------------------------------------------------
+# The calls of the two pipeline loops (for ``expected_calls``)
+# --------------------------------------------------------------------------------------------
+
+
+def window_calls(
+    prompt_len: int, seq_len: int, block: int, steps: int, head: int | None = None
+) -> list[CallRecord]:
+    """LLaDA2's loop: ``steps`` calls on each block, each over the window [0, end of block).
+
+    Blocks run from the one holding the prompt's end to ⌈L / B⌉.
+
+    Args:
+        prompt_len: P.
+        seq_len: L = P + G.
+        block: B, blocks counted from position 0.
+        steps: calls per block.
+        head: rows given the head per call; None: the whole window (a model that computes
+            every row's logits, as LLaDA2Pipeline's does).
+    """
+    calls: list[CallRecord] = []
+    for j in range(prompt_len // block, -(-seq_len // block)):
+        W = (j + 1) * block
+        calls += [(W, W, W, W if head is None else head)] * steps
+    return calls
+
+
+def canvas_calls(prefix: int, canvases: int, C: int, steps: int) -> list[CallRecord]:
+    """DiffusionGemma's loop: per canvas j one encoder call, then ``steps`` decoder calls.
+
+    The encoder feeds the new context (the ``prefix`` rows, then each finished canvas); the
+    decoder calls attend to the K = prefix + j·C cached rows and the C canvas rows.
+    """
+    calls: list[CallRecord] = []
+    for j in range(canvases):
+        K = prefix + j * C
+        n = prefix if j == 0 else C
+        calls.append((n, n, K, 0))
+        calls += [(C, C, K + C, C)] * steps
+    return calls

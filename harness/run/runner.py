@@ -729,9 +729,9 @@ def energy_columns(cell: Cell, meas: timing.Measurement) -> dict[str, Any]:
     }
 
 
-def _cache_kind(cell: Cell) -> str | None:
+def _cache_kind(cell: Cell, sampler: Any = None) -> str | None:
     """The cache the cell's sampler keeps (``kv``, ``qkv``, ``px0``), or None."""
-    sampler = SAMPLERS.get(cell.sampler)(cell.config)
+    sampler = sampler or SAMPLERS.get(cell.sampler)(cell.config)
     return sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
 
 
@@ -742,7 +742,7 @@ def _cache_bytes(cell: Cell) -> float:
     (``mdlm_blocks`` dual cache: L + B), their number (``cache_rows``).
     """
     sampler = SAMPLERS.get(cell.sampler)(cell.config)
-    kind = sampler.cache_kind() if hasattr(sampler, "cache_kind") else None
+    kind = _cache_kind(cell, sampler)
     if kind is None:
         return 0.0
     rows = getattr(sampler, "cache_rows", lambda n: n)(cell.seq_len)

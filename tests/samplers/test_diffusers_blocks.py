@@ -23,7 +23,7 @@ pytest.importorskip("transformers")
 
 from harness.model.hf import tiny as H  # noqa: E402
 from harness.model.hf.load import load  # noqa: E402
-from samplers.diffusers_pipeline import gemma_model_for_pipeline  # noqa: E402
+from samplers.diffusers_pipeline import PromptProcessor, gemma_model_for_pipeline  # noqa: E402
 
 P = 5
 
@@ -79,23 +79,11 @@ def run_llada2_pipeline(hf_model, prompt, gen_length, seed, **kw):
     return out.sequences, count.n
 
 
-class FixedPrompt:
-    """A processor stand-in: DiffusionGemmaPipeline tokenizes through it; we hand it ids."""
-
-    eos_token_id = None
-
-    def __init__(self, ids: torch.Tensor) -> None:
-        self.ids = ids
-
-    def apply_chat_template(self, *_: object, **__: object) -> dict[str, torch.Tensor]:
-        return {"input_ids": self.ids, "attention_mask": torch.ones_like(self.ids)}
-
-
 def run_gemma_pipeline(adapter, scheduler, prompt, gen_length, seed, **kw):
     """Tokens and decoder forwards of diffusers' DiffusionGemmaPipeline (eos early stop off)."""
     model = gemma_model_for_pipeline(adapter.model)
     pipe = diffusers.DiffusionGemmaPipeline(
-        model=model, scheduler=scheduler, processor=FixedPrompt(prompt)
+        model=model, scheduler=scheduler, processor=PromptProcessor(prompt, eos_token_id=None)
     )
     pipe.set_progress_bar_config(disable=True)
     count = Counter(adapter.model)
