@@ -309,7 +309,10 @@ class DiffusersBlocks(PlanExecute):
             return canvas_calls(P, -(-(seq_len - P) // C), C, steps + corrected * sweeps)
         B = int(cfg.block_size or 32)
         T = min(cfg.num_inference_steps, (seq_len - prompt_len) // (cfg.minimal_topk or 1))
-        return window_calls(prompt_len, seq_len, B, max(T, 0), head=B)
+        editing = cfg.editing_threshold is not None and cfg.editing_threshold > 0
+        # a block clean after k < T commit steps may make max_post_steps + 1 editing calls
+        post = cfg.max_post_steps if editing else 0
+        return window_calls(prompt_len, seq_len, B, max(T, 0) + post, head=B)
 
     # ---- execute (timed) ---------------------------------------------------------------------
 

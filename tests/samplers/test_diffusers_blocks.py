@@ -161,6 +161,26 @@ def test_forced_quota_makes_the_analytic_number_of_calls_on_a_dit():
     assert not (res.tokens == model.config.mask_id).any()
 
 
+@pytest.mark.parametrize(("steps", "post"), [(1, 3), (2, 0), (2, 3), (4, 2)])
+def test_editing_calls_stay_within_the_bound_which_is_reached(steps, post):
+    """With editing, a block committed at once (threshold tiny) makes max_post_steps + 1 more
+    calls; ``expected_calls`` bounds it, exactly when it is T + max_post_steps per block."""
+    table = torch.randn(16, 12, generator=gen(0))  # flat enough that sampling keeps editing
+    model = FixedLogitsModel(table, mask_index=11)
+    cfg = DiffusersBlocksConfig(
+        block_size=4,
+        num_inference_steps=steps,
+        threshold=1e-4,
+        editing_threshold=1e-3,
+        max_post_steps=post,
+    )
+    res = DiffusersBlocks(cfg).sample(model, batch_size=2, seq_len=8, generator=gen(0))
+    bound = DiffusersBlocks(cfg).expected_calls(model.config, batch_size=2, seq_len=8)
+    assert len(bound) == 2 * (steps + post)
+    per_block = 1 + (post + 1 if steps > 1 else 0)  # one commit step, then the editing calls
+    assert res.nfe_denoise == 2 * per_block <= len(bound)
+
+
 def test_the_mask_token_is_never_committed_unless_asked():
     V, mask = 12, 11
     table = torch.zeros(16, V)
